@@ -1,0 +1,111 @@
+/*
+ * internal.h — the core's private objects and helpers (not installed).
+ */
+#ifndef HA_INTERNAL_H
+#define HA_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hashattn.h"
+#include "hashattn_plugin.h"
+#include "weights_host.h"
+
+#define HA_INTERNAL __attribute__((visibility("hidden")))
+
+/* ---- errors and logging (log.c) ------------------------------------------------------------ */
+
+/** Records msg as this thread's last error, logs it at WARN, returns status. */
+HA_INTERNAL ha_status ha_fail(ha_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+HA_INTERNAL void ha_log(ha_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** ha_log without formatting (the log service handed to plugins). */
+HA_INTERNAL void ha_log_plain(ha_log_level level, const char *message);
+/** Clears this thread's last error (at the start of each public call). */
+HA_INTERNAL void ha_clear_error(void);
+
+/* ---- backends (plugin_loader.c) ------------------------------------------------------------ */
+
+typedef struct ha_backend {
+    const ha_plugin_api *api;
+    void *dl_handle; /**< NULL for the built-in reference */
+    void *ctx;
+    char path[4096];
+} ha_backend;
+
+/** Resolves the choice (explicit, else $HASHATTN_BACKEND, else probing) and initializes the backend. */
+HA_INTERNAL ha_status ha_backend_open(const char *explicit_choice, int32_t device, ha_backend *out);
+HA_INTERNAL void ha_backend_close(ha_backend *b);
+/** Turns a failed plugin call into ha_fail with the plugin's message. */
+HA_INTERNAL ha_status ha_backend_fail(const ha_backend *b, ha_status st, const char *what);
+
+/* ---- objects ------------------------------------------------------------------------------- */
+
+struct ha_runtime {
+    ha_backend backend;
+    int live_objects; /**< weights, plans, caches not yet destroyed (atomic) */
+};
+
+struct ha_weights {
+    ha_runtime *rt;
+    ha_weights_host host;
+    void **q_handles; /**< [num_layers] from mlp_upload; NULL for dense layers */
+    void **k_handles;
+};
+
+struct ha_plan {
+    ha_runtime *rt;
+    const ha_weights *w;
+    ha_plan_desc desc;
+    void *plugin_plan;
+    /* scratch in backend memory for the composed decode step */
+    uint32_t *q_codes;  /**< [max_batch, q_heads, words]          */
+    int32_t *indices;   /**< [max_batch, sel_heads, max_kept]      */
+    int32_t *counts;    /**< [max_batch, sel_heads]                */
+};
+
+struct ha_cache {
+    ha_runtime *rt;
+    const ha_weights *w;
+    ha_cache_config cfg;
+    int32_t heads;       /**< key-code heads */
+    int32_t words;
+    int64_t stride_seq;  /**< in words: per sequence (contiguous) or per page (paged) */
+    int64_t stride_head;
+    uint32_t **codes;    /**< [num_layers]; NULL for dense layers */
+    size_t bytes;
+};
+
+HA_INTERNAL void ha_object_created(ha_runtime *rt);
+HA_INTERNAL void ha_object_destroyed(ha_runtime *rt);
+
+/* ---- checked arithmetic (validate.c) ------------------------------------------------------- */
+
+/** *out = a*b; returns 0 on overflow (or negative inputs). */
+HA_INTERNAL int ha_mul_i64(int64_t a, int64_t b, int64_t *out);
+HA_INTERNAL int ha_add_i64(int64_t a, int64_t b, int64_t *out);
+
+/* ---- argument validation (validate.c): each returns HA_OK or ha_fail(...) naming fn and arg --- */
+
+HA_INTERNAL ha_status ha_check_dtype(const char *fn, const char *what, ha_dtype dt);
+/** q-like tensor [batch, heads, dim]; writable = output (rows must not overlap). */
+HA_INTERNAL ha_status ha_check_tensor3(const char *fn, const char *what, const ha_tensor3 *t, int32_t batch,
+                                       int32_t heads, int32_t dim, int writable);
+/** seq_lens (host-memory backends only): every value in [0, max_len]. */
+HA_INTERNAL ha_status ha_check_lengths(const ha_runtime *rt, const char *fn, const char *what, const int32_t *lens,
+                                       int32_t batch, int64_t max_len);
+/** KV layout (strides, sizes) and, on host-memory backends, lengths and block-table entries. */
+HA_INTERNAL ha_status ha_check_kv(const ha_runtime *rt, const char *fn, const ha_kv *kv, int32_t batch,
+                                  const int32_t *lens, int32_t kv_heads, int32_t head_dim);
+HA_INTERNAL ha_status ha_check_plan_batch(const char *fn, const ha_plan *plan, int32_t batch);
+HA_INTERNAL ha_status ha_check_layer(const char *fn, const ha_weights *w, int32_t layer);
+/** The cache's layout agrees with kv's (page size; contiguous batch/token limits; paged pool size). */
+HA_INTERNAL ha_status ha_check_cache_vs_kv(const char *fn, const ha_cache *cache, const ha_kv *kv, int32_t batch,
+                                           const int32_t *lens);
+
+/* ---- building plugin arguments (stages.c) -------------------------------------------------- */
+
+HA_INTERNAL ha_rows ha_rows_from_kv(const ha_kv *kv, const void *data, int32_t heads, int32_t dim);
+HA_INTERNAL ha_rows ha_rows_from_tensor3(const ha_tensor3 *t, int32_t heads, int32_t dim);
+
+#endif /* HA_INTERNAL_H */

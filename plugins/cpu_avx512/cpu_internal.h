@@ -1,0 +1,191 @@
+/*
+ * cpu_internal.h — private types of the CPU plugin: its context, plans, packed MLPs, and the table
+ * of ISA kernels. The stage drivers (cpu_encode.c, cpu_match.c, cpu_attend.c) are compiled once,
+ * portable, and do everything but the hot inner loops, which they reach through a cpu_kernels
+ * table: cpu_*_portable.c (plain C) or cpu_*_avx512.c (built with -mavx512*, called only after the
+ * run-time CPU check passed).
+ */
+#ifndef HA_CPU_INTERNAL_H
+#define HA_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ha_shared.h"
+#include "hashattn_plugin.h"
+
+#define CPU_HIDDEN __attribute__((visibility("hidden")))
+
+/** Tokens per attend tile (one 512-bit vector of fp32 logits). */
+#define CPU_ATTEND_TILE 16
+/** Tokens scored per match block (stack array of uint32 scores). */
+#define CPU_MATCH_BLOCK 256
+/** Most tokens an encode work item runs through the MLP together (weights reused from cache). */
+#define CPU_ENCODE_BLOCK 32
+/** Sub-histograms of the match histogram (breaks store-to-load chains on repeated scores). */
+#define CPU_HIST_COPIES 4
+
+static inline int64_t cpu_round_up(int64_t x, int64_t multiple)
+{
+    return (x + multiple - 1) / multiple * multiple;
+}
+
+/** Bits of word w that belong to a `bits`-bit code: padding bits never count (as the reference). */
+static inline uint32_t cpu_code_word_mask(int32_t w, int32_t bits)
+{
+    int64_t first_bit = (int64_t)w * 32;
+    if (first_bit + 32 <= bits)
+        return 0xffffffffu;
+    if (first_bit >= bits)
+        return 0u;
+    return (1u << (bits - first_bit)) - 1u;
+}
+
+/* ---- kernel arguments ------------------------------------------------------------------------ */
+
+/** One linear layer over `tokens` rows: y = act(x · wt + bias); wt is [in_dim, out_pad]. */
+typedef struct cpu_layer_args {
+    const float *x;
+    int64_t x_stride;
+    float *y;
+    int64_t y_stride;
+    int32_t tokens;
+    int32_t in_dim;
+    int32_t out_pad; /**< multiple of 16; padded weight columns and biases are 0 */
+    const float *wt;
+    const float *bias;
+    int silu;
+} cpu_layer_args;
+
+/** Similarity of a run of key codes (same sequence, head and page) against a group of query codes. */
+typedef struct cpu_score_args {
+    const uint32_t *q;    /**< [group, words] */
+    int32_t group;
+    int32_t words;
+    int32_t bits;
+    const uint32_t *keys; /**< code of the first token */
+    int64_t stride_token; /**< uint32 words between consecutive tokens */
+} cpu_score_args;
+
+/** Running state of one attend unit: `heads` query heads sharing a KV head and a token list. */
+typedef struct cpu_attend_unit {
+    int32_t heads;
+    int32_t dim;
+    int32_t dim_pad;   /**< dim rounded up to 16 */
+    ha_dtype k_dtype;
+    ha_dtype v_dtype;
+    const float *q;    /**< [heads, dim_pad], pre-scaled, zero padded */
+    float *acc;        /**< [heads, dim_pad] unnormalized output        */
+    float *m;          /**< [heads] running max of the logits           */
+    float *l;          /**< [heads] running sum of exp(logit - m)       */
+    float *p;          /**< [heads, CPU_ATTEND_TILE] scratch            */
+    float *k_tile;     /**< [CPU_ATTEND_TILE, dim_pad] scratch          */
+} cpu_attend_unit;
+
+/** The ISA-specific inner loops. */
+typedef struct cpu_kernels {
+    /** Converts n elements of src (dtype dt) to fp32. */
+    void (*load_row)(const void *src, ha_dtype dt, int32_t n, float *dst);
+    void (*mlp_layer)(const cpu_layer_args *a);
+    /** scores[i] = similarity of token i (i < count), count ≤ CPU_MATCH_BLOCK. */
+    void (*match_scores)(const cpu_score_args *a, int32_t count, uint32_t *scores);
+    /** Writes first + i for every i < count with score > threshold, or == threshold and first + i ≥
+     *  tie_start, ascending; returns how many. */
+    int32_t (*match_compact)(const uint32_t *scores, int32_t count, int32_t first, uint32_t threshold,
+                             int64_t tie_start, int32_t *out);
+    /** Folds count (1..CPU_ATTEND_TILE) tokens into the unit's online softmax; rows past count point
+     *  at a zero row. */
+    void (*attend_tile)(const cpu_attend_unit *u, const void *const *k_rows, const void *const *v_rows,
+                        int32_t count);
+} cpu_kernels;
+
+CPU_HIDDEN extern const cpu_kernels cpu_kernels_portable;
+#if HA_CPU_HAVE_AVX512
+CPU_HIDDEN extern const cpu_kernels cpu_kernels_avx512;
+#endif
+
+/* The kernels, defined in cpu_{encode,match,attend}_portable.c and _avx512.c. The _avx512 ones are
+ * called only when the CPU check at init passed. */
+#define CPU_DECLARE_KERNELS(isa)                                                                            \
+    CPU_HIDDEN void cpu_load_row_##isa(const void *src, ha_dtype dt, int32_t n, float *dst);                 \
+    CPU_HIDDEN void cpu_mlp_layer_##isa(const cpu_layer_args *a);                                           \
+    CPU_HIDDEN void cpu_match_scores_##isa(const cpu_score_args *a, int32_t count, uint32_t *scores);        \
+    CPU_HIDDEN int32_t cpu_match_compact_##isa(const uint32_t *scores, int32_t count, int32_t first,         \
+                                               uint32_t threshold, int64_t tie_start, int32_t *out);       \
+    CPU_HIDDEN void cpu_attend_tile_##isa(const cpu_attend_unit *u, const void *const *k_rows,              \
+                                          const void *const *v_rows, int32_t count);
+CPU_DECLARE_KERNELS(portable)
+CPU_DECLARE_KERNELS(avx512)
+
+/* ---- plugin objects ---------------------------------------------------------------------------- */
+
+typedef struct cpu_ctx {
+    const cpu_kernels *k;
+    int use_avx512;
+    int threads;
+    void (*log)(ha_log_level level, const char *message);
+    char description[96];
+    int32_t widest_mlp; /**< widest padded layer of any MLP uploaded so far (atomic) */
+} cpu_ctx;
+
+typedef struct cpu_mlp_layer {
+    int32_t in_dim;
+    int32_t out_dim;
+    int32_t out_pad;
+    float *wt;   /**< [heads, in_dim, out_pad] (transposed, zero-padded columns) */
+    float *bias; /**< [heads, out_pad] */
+} cpu_mlp_layer;
+
+typedef struct cpu_mlp {
+    int32_t heads;
+    int32_t depth;
+    int32_t bits;
+    int32_t widest_pad; /**< widest layer (input included), rounded up to 16 */
+    cpu_mlp_layer layer[HA_PLUGIN_MAX_MLP_DEPTH];
+    float *storage;
+} cpu_mlp;
+
+/** Per-thread scratch, carved from one allocation; every part 64-byte aligned. */
+typedef struct cpu_plan {
+    ha_plan_desc desc;
+    int threads;
+    char *scratch;
+    size_t thread_stride;   /**< bytes per thread                                    */
+    /* encode: two [block, width] fp32 buffers */
+    int32_t enc_width;      /**< widest padded MLP layer the plan can run            */
+    int32_t enc_block;      /**< tokens per encode work item                          */
+    size_t enc_offset;
+    /* match: CPU_HIST_COPIES histograms of max_score + 1 counters */
+    int32_t max_score;      /**< bits × group the plan can score                      */
+    size_t hist_offset;
+    /* attend */
+    int32_t group;          /**< q_heads / kv_heads: most heads of one attend unit    */
+    int32_t dim_pad;
+    size_t att_offset;
+    float *zero_row;        /**< dim_pad zeros: stands in for missing tile rows        */
+    float *partials;        /**< split-sequence partial results                       */
+    int32_t partial_slots;  /**< (unit, chunk) pairs the partial buffer holds         */
+    size_t partial_floats;  /**< floats per slot: group × (dim_pad + 2)                */
+} cpu_plan;
+
+static inline char *cpu_thread_scratch(const cpu_plan *p, int thread)
+{
+    return p->scratch + (size_t)thread * p->thread_stride;
+}
+
+/* ---- errors and stage drivers -------------------------------------------------------------------- */
+
+/** Records this thread's last error (what last_error returns) and returns status. */
+CPU_HIDDEN ha_status cpu_fail(ha_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+CPU_HIDDEN const char *cpu_last_error(void);
+
+CPU_HIDDEN ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out);
+CPU_HIDDEN void cpu_mlp_free(cpu_mlp *mlp);
+CPU_HIDDEN ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out);
+CPU_HIDDEN void cpu_plan_destroy(cpu_plan *plan);
+
+CPU_HIDDEN ha_status cpu_encode(const cpu_ctx *ctx, const cpu_plan *plan, const ha_encode_args *a);
+CPU_HIDDEN ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a);
+CPU_HIDDEN ha_status cpu_attend(const cpu_ctx *ctx, const cpu_plan *plan, const ha_attend_args *a);
+
+#endif /* HA_CPU_INTERNAL_H */

@@ -1,0 +1,81 @@
+/*
+ * cpu_plan.c — per-plan scratch: one allocation with a slice per OpenMP thread (encode activations,
+ * match histograms, attend state) plus the split-sequence partial results, so that the stage calls
+ * allocate nothing. Sized by the plan description and, for encode, by the widest MLP uploaded to this
+ * context before the plan was created (a plan is always created after its weights).
+ */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+/* Partial results a split attend may hold, per thread (chunks of one unit go to several threads). */
+#define PARTIAL_SLOTS_PER_THREAD 4
+
+/* Reserves bytes (64-byte aligned) at *offset within a thread's slice; returns the part's offset. */
+static size_t take(size_t *offset, size_t bytes)
+{
+    size_t at = *offset;
+    *offset += (size_t)cpu_round_up((int64_t)bytes, 64);
+    return at;
+}
+
+ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out)
+{
+    *out = NULL;
+    if (desc->q_heads < 1 || desc->kv_heads < 1 || desc->q_heads % desc->kv_heads != 0 || desc->head_dim < 1 ||
+        desc->head_dim > (1 << 20) || desc->max_batch < 1 ||
+        (desc->code_heads > 0 && (desc->q_heads % desc->code_heads != 0 || desc->bits < 1 || desc->words < 1)))
+        return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 plan_create: inconsistent plan (q_heads %d, kv_heads %d, "
+                        "head_dim %d, code_heads %d, bits %d)", desc->q_heads, desc->kv_heads, desc->head_dim,
+                        desc->code_heads, desc->bits);
+    cpu_plan *p = calloc(1, sizeof *p);
+    if (!p)
+        return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 plan_create: out of memory");
+    p->desc = *desc;
+    p->threads = omp_get_max_threads();
+
+    size_t slice = 0;
+    if (desc->code_heads > 0) {
+        int32_t width = __atomic_load_n(&ctx->widest_mlp, __ATOMIC_RELAXED);
+        int32_t ends = (int32_t)cpu_round_up(desc->head_dim > desc->bits ? desc->head_dim : desc->bits, 16);
+        p->enc_width = width > ends ? width : ends;
+        int32_t block = 32768 / p->enc_width;
+        p->enc_block = block < 1 ? 1 : block > CPU_ENCODE_BLOCK ? CPU_ENCODE_BLOCK : block;
+        p->enc_offset = take(&slice, 2 * (size_t)p->enc_block * (size_t)p->enc_width * sizeof(float));
+        p->max_score = desc->bits * (desc->q_heads / desc->code_heads);
+        p->hist_offset = take(&slice, (size_t)CPU_HIST_COPIES * ((size_t)p->max_score + 1) * sizeof(uint32_t));
+    }
+    p->group = desc->q_heads / desc->kv_heads;
+    p->dim_pad = (int32_t)cpu_round_up(desc->head_dim, 16);
+    size_t g = (size_t)p->group, dp = (size_t)p->dim_pad;
+    /* q, acc [g, dim_pad]; m, l [g]; p [g, tile]; k_tile [tile, dim_pad] */
+    p->att_offset = take(&slice, (2 * g * dp + 2 * (size_t)cpu_round_up(p->group, 16) + g * CPU_ATTEND_TILE +
+                                  CPU_ATTEND_TILE * dp) * sizeof(float));
+    p->thread_stride = (size_t)cpu_round_up((int64_t)slice, 128); /* no shared lines between threads */
+
+    p->partial_slots = p->threads > 1 ? PARTIAL_SLOTS_PER_THREAD * p->threads : 0;
+    p->partial_floats = (size_t)cpu_round_up((int64_t)(g * (dp + 2)), 16);
+    size_t bytes = p->thread_stride * (size_t)p->threads + dp * sizeof(float) +
+                   (size_t)p->partial_slots * p->partial_floats * sizeof(float);
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, bytes) != 0) {
+        free(p);
+        return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 plan_create: cannot allocate %zu bytes of scratch", bytes);
+    }
+    memset(mem, 0, bytes);
+    p->scratch = mem;
+    p->zero_row = (float *)(p->scratch + p->thread_stride * (size_t)p->threads);
+    p->partials = p->zero_row + dp;
+    *out = p;
+    return HA_OK;
+}
+
+void cpu_plan_destroy(cpu_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->scratch);
+    free(plan);
+}

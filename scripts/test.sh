@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds and runs every test: a gcc build, a clang build, and an ASan+UBSan build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc)
+
+run() { # name, then meson setup arguments
+  local dir=build-test-$1; shift
+  rm -rf "$dir"
+  meson setup "$dir" "$@" >/dev/null
+  ninja -C "$dir" >/dev/null
+  meson test -C "$dir" --num-processes "$jobs" --print-errorlogs
+}
+
+echo "== gcc, debugoptimized"
+CC=gcc run gcc
+echo "== clang, debugoptimized"
+CC=clang run clang
+echo "== gcc, address + undefined sanitizers"
+CC=gcc ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  run asan -Db_sanitize=address,undefined -Db_lundef=false
+echo "all test builds passed"
