@@ -368,6 +368,7 @@ int main(int argc, char **argv)
     ctx.reps = o.reps;
     ctx.warmup = WARMUP_ROUNDS;
     bench_machine_describe(&ctx.machine);
+    ctx.load_start = bench_load_average();
     ctx.bandwidth_bytes = BANDWIDTH_BYTES;
     ctx.bandwidth_passes = BANDWIDTH_PASSES;
     ctx.read_gbps = bench_read_bandwidth_gbps(BANDWIDTH_BYTES, BANDWIDTH_PASSES);
@@ -387,6 +388,9 @@ int main(int argc, char **argv)
            ctx.machine.cpu_model, ctx.machine.threads, ctx.machine.llc_bytes >> 20, ctx.read_gbps, BANDWIDTH_PASSES,
            BANDWIDTH_BYTES >> 20);
     printf("backend: %s (%s)\n", ctx.backend_name, ctx.backend_description);
+    if (ctx.load_start > 0.5)
+        printf("warning: load average %.2f before the run: other processes share the CPUs, timings will be noisy\n",
+               ctx.load_start);
     printf("shape: Hq %d, Hkv %d, d %d, bf16 K/V, %d-bit codes, MLP depth %d width %d, sink %d, local %d; "
            "times per call, median of %d rounds\n\n",
            BENCH_Q_HEADS, BENCH_KV_HEADS, BENCH_HEAD_DIM, BENCH_BITS, BENCH_MLP_DEPTH, BENCH_MLP_HIDDEN, BENCH_SINK,
@@ -430,6 +434,7 @@ int main(int argc, char **argv)
                 }
                 bench_fixture_destroy(&f);
             }
+    ctx.load_end = bench_load_average();
     printf("\n(bytes) = dense bytes / hash-step bytes: the speed-up if both ran at the same fraction of the floor\n\n");
     bench_print_targets(stdout, results, count, ctx.read_gbps);
     if (count > 0 && bench_write_json(o.json_path, &ctx, results, count) == 0)

@@ -77,6 +77,18 @@ void bench_machine_describe(bench_machine *m)
     m->llc_bytes = read_llc_bytes();
 }
 
+double bench_load_average(void)
+{
+    double load = -1.0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1)
+            load = -1.0;
+        fclose(f);
+    }
+    return load;
+}
+
 /* ---- the read kernel shared by the probe and the evictor ------------------------------------ */
 
 static uint64_t *alloc_touched(size_t words)

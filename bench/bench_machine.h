@@ -19,6 +19,9 @@ typedef struct bench_machine {
 /** Fills m from /proc/cpuinfo, sysfs and OpenMP. Never fails (unknowns get defaults). */
 void bench_machine_describe(bench_machine *m);
 
+/** 1-minute load average from /proc/loadavg (-1 when unknown): other work on the machine skews timings. */
+double bench_load_average(void);
+
 /**
  * DRAM read bandwidth in GB/s (1e9 bytes/s): all OpenMP threads read-reduce a buffer of `bytes`
  * (first touched in parallel, so pages are spread as the threads will read them), `passes` times;

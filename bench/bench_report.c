@@ -169,10 +169,11 @@ int bench_write_json(const char *path, const bench_context *ctx, const bench_res
 {
     char date[32];
     utc_now(date, sizeof date);
-    json_t *machine = json_pack("{s:s, s:i, s:I, s:f, s:I, s:i}", "cpu_model", ctx->machine.cpu_model, "threads",
-                                ctx->machine.threads, "llc_bytes", (json_int_t)ctx->machine.llc_bytes,
+    json_t *machine = json_pack("{s:s, s:i, s:I, s:f, s:I, s:i, s:f, s:f}", "cpu_model", ctx->machine.cpu_model,
+                                "threads", ctx->machine.threads, "llc_bytes", (json_int_t)ctx->machine.llc_bytes,
                                 "read_bandwidth_gbps", ctx->read_gbps, "bandwidth_buffer_bytes",
-                                (json_int_t)ctx->bandwidth_bytes, "bandwidth_passes", ctx->bandwidth_passes);
+                                (json_int_t)ctx->bandwidth_bytes, "bandwidth_passes", ctx->bandwidth_passes,
+                                "load_average_start", ctx->load_start, "load_average_end", ctx->load_end);
     json_t *shape = json_pack("{s:i, s:i, s:i, s:s, s:i, s:i, s:i, s:i, s:i}", "q_heads", BENCH_Q_HEADS, "kv_heads",
                               BENCH_KV_HEADS, "head_dim", BENCH_HEAD_DIM, "kv_dtype", "bf16", "bits", BENCH_BITS,
                               "mlp_depth", BENCH_MLP_DEPTH, "mlp_hidden", BENCH_MLP_HIDDEN, "sink", BENCH_SINK, "local", BENCH_LOCAL);

@@ -51,6 +51,8 @@ typedef struct bench_context {
     int reps;
     int warmup;
     const char *command; /**< the command line, for the record */
+    double load_start;   /**< 1-minute load average before and after the run */
+    double load_end;
 } bench_context;
 
 const char *bench_stage_name(bench_stage s);

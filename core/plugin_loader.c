@@ -71,7 +71,9 @@ static ha_status load_file(const char *path, const ha_plugin_api **api, void **h
 {
     *api = NULL;
     *handle = NULL;
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: a plugin may start threads (OpenMP pools) that outlive dlclose; unloading its
+     * code under them would crash at exit. A plugin stays mapped once loaded. */
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!h) {
         const char *why = dlerror();
         return ha_fail(HA_ERR_BACKEND_NOT_FOUND, "cannot load plugin %s: %s", path, why ? why : "unknown error");
@@ -220,49 +222,90 @@ static ha_status open_explicit(const char *choice, ha_backend *b)
     return st;
 }
 
-/** Loads every plugin found and keeps the one with the highest probe score (the reference scores 1). */
-static ha_status open_best(ha_backend *b)
+typedef struct candidate {
+    const ha_plugin_api *api;
+    void *handle;
+    int score;
+    char path[PATH_MAX];
+} candidate;
+
+#define MAX_CANDIDATES 64
+
+/** Adds every loadable plugin of the search directories whose probe score is positive. */
+static int collect_candidates(candidate *c, int max)
 {
-    use_reference(b);
-    int best = b->api->probe();
+    int n = 0;
     dir_list dirs = {0};
     search_dirs(&dirs);
-    for (int i = 0; i < dirs.n; i++) {
+    for (int i = 0; i < dirs.n && n < max; i++) {
         DIR *d = opendir(dirs.dirs[i]);
         if (!d)
             continue;
         struct dirent *e;
-        while ((e = readdir(d))) {
+        while ((e = readdir(d)) && n < max) {
             if (!is_plugin_file(e->d_name))
                 continue;
-            char path[PATH_MAX];
-            int k = snprintf(path, sizeof path, "%s/%s", dirs.dirs[i], e->d_name);
-            if (k < 0 || (size_t)k >= sizeof path)
+            candidate *cur = &c[n];
+            int k = snprintf(cur->path, sizeof cur->path, "%s/%s", dirs.dirs[i], e->d_name);
+            if (k < 0 || (size_t)k >= sizeof cur->path)
                 continue;
-            const ha_plugin_api *api;
-            void *handle;
-            if (load_file(path, &api, &handle) != HA_OK) {
-                ha_log(HA_LOG_INFO, "skipping %s: %s", path, ha_last_error());
+            if (load_file(cur->path, &cur->api, &cur->handle) != HA_OK) {
+                ha_log(HA_LOG_INFO, "skipping %s: %s", cur->path, ha_last_error());
                 continue;
             }
-            int score = api->probe();
-            ha_log(HA_LOG_DEBUG, "plugin %s (%s): probe score %d", api->name, path, score);
-            if (score > best) {
-                if (b->dl_handle)
-                    dlclose(b->dl_handle);
-                best = score;
-                b->api = api;
-                b->dl_handle = handle;
-                snprintf(b->path, sizeof b->path, "%s", path);
-            } else {
-                dlclose(handle);
-            }
+            cur->score = cur->api->probe();
+            ha_log(HA_LOG_DEBUG, "plugin %s (%s): probe score %d", cur->api->name, cur->path, cur->score);
+            if (cur->score > 0)
+                n++;
+            else
+                dlclose(cur->handle);
         }
         closedir(d);
     }
     free_dirs(&dirs);
+    return n;
+}
+
+static int by_score_descending(const void *a, const void *b)
+{
+    const candidate *x = a, *y = b;
+    return (y->score > x->score) - (y->score < x->score);
+}
+
+/**
+ * Automatic choice: every plugin found is probed and initialized in order of score (highest first)
+ * until one succeeds; one that fails to initialize (say, a GPU in a bad state) is skipped. The
+ * built-in reference comes last.
+ */
+static ha_status open_best(ha_backend *b, int32_t device)
+{
+    candidate *c = calloc(MAX_CANDIDATES, sizeof *c);
+    if (!c)
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory");
+    int n = collect_candidates(c, MAX_CANDIDATES);
+    qsort(c, (size_t)n, sizeof *c, by_score_descending);
+    int chosen = -1;
+    for (int i = 0; i < n; i++) {
+        if (chosen < 0) {
+            b->api = c[i].api;
+            b->dl_handle = c[i].handle;
+            snprintf(b->path, sizeof b->path, "%s", c[i].path);
+            if (init_backend(b, device) == HA_OK) {
+                chosen = i;
+                continue;
+            }
+            ha_log(HA_LOG_WARN, "skipping %s: %s", c[i].path, ha_last_error());
+            b->api = NULL;
+            b->dl_handle = NULL;
+        }
+        dlclose(c[i].handle);
+    }
+    free(c);
     ha_clear_error();
-    return HA_OK;
+    if (chosen >= 0)
+        return HA_OK;
+    use_reference(b);
+    return init_backend(b, device);
 }
 
 ha_status ha_backend_open(const char *explicit_choice, int32_t device, ha_backend *b)
@@ -271,7 +314,15 @@ ha_status ha_backend_open(const char *explicit_choice, int32_t device, ha_backen
     const char *choice = explicit_choice;
     if (!choice || !*choice)
         choice = env("HASHATTN_BACKEND");
-    ha_status st = (choice && *choice) ? open_explicit(choice, b) : open_best(b);
+    if (!choice || !*choice) {
+        ha_status st = open_best(b, device);
+        if (st != HA_OK)
+            memset(b, 0, sizeof *b);
+        else
+            ha_log(HA_LOG_INFO, "backend '%s' from %s", b->api->name, b->path);
+        return st;
+    }
+    ha_status st = open_explicit(choice, b);
     if (st != HA_OK) {
         memset(b, 0, sizeof *b);
         return st;

@@ -267,7 +267,7 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* ‖sparse − dense‖ / ‖dense‖ over the rows [first, first + rows) of two [*, d] float arrays. */
+/* ‖sparse − dense‖ / ‖dense‖ over the elements [first, first + count) of two float arrays. */
 static double relative_error(const float *sparse, const float *dense, size_t first, size_t count)
 {
     double diff = 0.0, ref = 0.0;
@@ -415,8 +415,9 @@ int main(int argc, char **argv)
     if (!layer_is_dense && ha_plan_kept_for_length(plan, lens[0]) < lens[0])
         printf("  (expected to be large here: random K/V spread attention almost evenly, so the dense output is\n"
                "   an average of thousands of random vectors, near zero, and any small selection misses most of\n"
-               "   it; the default weights are random too. Trained weights on a real model's attention, which\n"
-               "   is concentrated on few tokens, are what make the error small.)\n");
+               "   it. Trained weights on a real model's attention, which is concentrated on few tokens, are\n"
+               "   what make the error small.%s)\n",
+               strcmp(o.weights, HELLO_DEFAULT_WEIGHTS) ? "" : " The default weights are random as well.");
 
     double step_median = median(step_ms, TIMING_REPS), dense_median = median(dense_ms, TIMING_REPS);
     printf("\ntime     decode step %.3f ms, dense attention %.3f ms (median of %d; dense/step = %.2fx)\n",

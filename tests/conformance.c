@@ -33,329 +33,28 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conformance_cases.h"
 #include "ha_shared.h"
 #include "reference.h"
 #include "safetensors.h"
 #include "test_util.h"
 #include "weights_host.h"
 
-#define MAX_BATCH 8
-#define MAX_CASES 96
+#define MAX_BATCH CONF_MAX_BATCH
 #define DEFAULT_SEED 0x5eed2024ull
 /* SPEC §3: a bit may differ from the reference only where |y_i| < 1e-3·max|y|. */
 #define FLIP_TOLERANCE 1e-3
 /* Inputs whose codes must be unambiguous keep every |y_i| ≥ this·max|y| (stricter than the tolerance). */
 #define UNAMBIGUOUS_MARGIN 2e-3
+#define MAX_DRAWS 1000
 #define PROBE_FRACTION 0.3
-
-/* ---- the cases -------------------------------------------------------------------------------- */
-
-typedef struct conf_case {
-    char name[48];
-    int32_t q_heads, kv_heads, head_dim;
-    int group_mode; /* key codes per KV head (k_heads = kv_heads) instead of per query head */
-    int32_t bits, depth, hidden;
-    ha_st_dtype weights_dtype;
-    int32_t num_layers;
-    uint32_t dense_mask; /* bit l: layer l is dense */
-    int load_from_memory;
-    int32_t batch, extra_batch; /* the plan allows batch + extra_batch */
-    int32_t lens[MAX_BATCH];
-    int32_t sink, local; /* -1: the default (128) */
-    double heavy_fraction;
-    int64_t heavy_count;
-    float scale; /* 0: 1/sqrt(d) */
-    ha_dtype q_dtype, kv_dtype, out_dtype;
-    int32_t page_size;
-    int padded;
-    int32_t new_tokens;   /* keys each decode step encodes */
-    int32_t decode_steps; /* consecutive steps, each adding new_tokens */
-    float q_scale;        /* magnitude of query entries */
-} conf_case;
-
-static conf_case base_case(const char *name)
-{
-    conf_case c;
-    memset(&c, 0, sizeof c);
-    snprintf(c.name, sizeof c.name, "%s", name);
-    c.q_heads = 8;
-    c.kv_heads = 2;
-    c.head_dim = 32;
-    c.bits = 32;
-    c.depth = 3;
-    c.hidden = 32;
-    c.weights_dtype = HA_ST_F32;
-    c.num_layers = 1;
-    c.batch = 3;
-    c.lens[0] = 700;
-    c.lens[1] = 7;
-    c.lens[2] = 257;
-    c.sink = 4;
-    c.local = 16;
-    c.heavy_fraction = 1.0 / 16.0;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_F32;
-    c.new_tokens = 1;
-    c.decode_steps = 1;
-    c.q_scale = 1.0f;
-    return c;
-}
-
-static void set_lens(conf_case *c, int32_t batch, const int32_t *lens)
-{
-    c->batch = batch;
-    memcpy(c->lens, lens, (size_t)batch * sizeof(int32_t));
-}
-
-#define SET_LENS(c, ...)                                                                                      \
-    do {                                                                                                      \
-        const int32_t lens_[] = {__VA_ARGS__};                                                                \
-        set_lens(&(c), (int32_t)(sizeof lens_ / sizeof lens_[0]), lens_);                                     \
-    } while (0)
-
-static int build_cases(conf_case *out)
-{
-    int n = 0;
-    conf_case c;
-
-    out[n++] = base_case("paper-g4");
-    c = base_case("group-g4");
-    c.group_mode = 1;
-    out[n++] = c;
-
-    /* every GQA group size of Hq = 8, both modes; plus a group of 3 */
-    const int32_t groups[] = {1, 2, 4, 8};
-    const int32_t dims[] = {24, 40, 64, 32};
-    for (int gi = 0; gi < 4; gi++) {
-        for (int mode = 0; mode < 2; mode++) {
-            char name[48];
-            snprintf(name, sizeof name, "gqa-g%d-%s", groups[gi], mode ? "group" : "paper");
-            c = base_case(name);
-            c.kv_heads = 8 / groups[gi];
-            c.group_mode = mode;
-            c.head_dim = dims[gi];
-            c.hidden = dims[gi];
-            c.heavy_fraction = 1.0 / 8.0;
-            SET_LENS(c, 300, 1, 129, 64);
-            out[n++] = c;
-        }
-    }
-    for (int mode = 0; mode < 2; mode++) {
-        c = base_case(mode ? "gqa-g3-hq6-group" : "gqa-g3-hq6-paper");
-        c.q_heads = 6;
-        c.kv_heads = 2;
-        c.group_mode = mode;
-        SET_LENS(c, 401, 90);
-        out[n++] = c;
-    }
-
-    /* code lengths: 2 words, an odd count, tiny codes (mostly ties), 2 partial words */
-    c = base_case("bits64-paper");
-    c.bits = 64;
-    c.kv_heads = 4;
-    out[n++] = c;
-    c = base_case("bits64-group-g8");
-    c.bits = 64;
-    c.kv_heads = 1;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("bits20-group");
-    c.bits = 20;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("bits20-paper-paged7");
-    c.bits = 20;
-    c.page_size = 7;
-    out[n++] = c;
-    c = base_case("bits3-ties");
-    c.bits = 3;
-    SET_LENS(c, 500, 77);
-    out[n++] = c;
-    c = base_case("bits40-group");
-    c.bits = 40;
-    c.group_mode = 1;
-    out[n++] = c;
-
-    /* MLP shapes */
-    c = base_case("depth1");
-    c.depth = 1;
-    out[n++] = c;
-    c = base_case("depth2-hidden24");
-    c.depth = 2;
-    c.hidden = 24;
-    out[n++] = c;
-    c = base_case("depth4-hidden40-group");
-    c.depth = 4;
-    c.hidden = 40;
-    c.group_mode = 1;
-    out[n++] = c;
-
-    /* budgets */
-    c = base_case("count-budget");
-    c.heavy_fraction = 0.0;
-    c.heavy_count = 37;
-    out[n++] = c;
-    c = base_case("windows-only");
-    c.heavy_fraction = 0.0;
-    c.heavy_count = 0;
-    out[n++] = c;
-    c = base_case("defaults-128");
-    c.sink = c.local = -1;
-    c.heavy_fraction = 1.0 / 32.0;
-    SET_LENS(c, 3001, 255, 1000);
-    out[n++] = c;
-    c = base_case("heavy-covers-all");
-    c.heavy_fraction = 0.0;
-    c.heavy_count = 100000;
-    out[n++] = c;
-    c = base_case("no-sink-group");
-    c.sink = 0;
-    c.local = 5;
-    c.group_mode = 1;
-    out[n++] = c;
-
-    /* lengths */
-    c = base_case("short-seqs");
-    SET_LENS(c, 5, 20, 1, 0, 19);
-    out[n++] = c;
-    c = base_case("zero-length-seq");
-    SET_LENS(c, 0, 500);
-    out[n++] = c;
-    c = base_case("single-token");
-    SET_LENS(c, 1);
-    out[n++] = c;
-    c = base_case("odd-lengths");
-    SET_LENS(c, 1, 7, 255, 257, 1000, 3001);
-    c.heavy_fraction = 1.0 / 32.0;
-    out[n++] = c;
-
-    /* dtypes of Q/K/V and out */
-    c = base_case("f16");
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_F16;
-    out[n++] = c;
-    c = base_case("bf16-group");
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_BF16;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("q-f32-kv-bf16-out-f16");
-    c.kv_dtype = HA_BF16;
-    c.out_dtype = HA_F16;
-    out[n++] = c;
-    c = base_case("q-bf16-kv-f16-out-f32");
-    c.q_dtype = HA_BF16;
-    c.kv_dtype = HA_F16;
-    out[n++] = c;
-    c = base_case("f32-out-bf16");
-    c.out_dtype = HA_BF16;
-    out[n++] = c;
-
-    /* layouts */
-    c = base_case("padded-strides");
-    c.padded = 1;
-    out[n++] = c;
-    c = base_case("padded-strides-group-f16");
-    c.padded = 1;
-    c.group_mode = 1;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_F16;
-    out[n++] = c;
-    c = base_case("paged16");
-    c.page_size = 16;
-    c.padded = 1;
-    SET_LENS(c, 300, 33, 16);
-    out[n++] = c;
-    c = base_case("paged7-group-bits64-f16");
-    c.page_size = 7;
-    c.group_mode = 1;
-    c.bits = 64;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_F16;
-    out[n++] = c;
-    c = base_case("paged16-page-multiples");
-    c.page_size = 16;
-    SET_LENS(c, 256, 16, 32);
-    out[n++] = c;
-    c = base_case("paged7-bf16-padded");
-    c.page_size = 7;
-    c.padded = 1;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_BF16;
-    SET_LENS(c, 1000, 0, 6, 8);
-    out[n++] = c;
-
-    /* weights files */
-    c = base_case("dense-layers");
-    c.num_layers = 3;
-    c.dense_mask = 0x5; /* layers 0 and 2 dense, layer 1 sparse */
-    out[n++] = c;
-    c = base_case("two-sparse-layers-group");
-    c.num_layers = 2;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("weights-f16");
-    c.weights_dtype = HA_ST_F16;
-    out[n++] = c;
-    c = base_case("weights-bf16-group");
-    c.weights_dtype = HA_ST_BF16;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("load-memory");
-    c.load_from_memory = 1;
-    out[n++] = c;
-
-    /* numerics: huge logits (overflow without max subtraction), an explicit scale */
-    c = base_case("large-logits");
-    c.q_scale = 60.0f;
-    c.scale = 0.5f;
-    out[n++] = c;
-    c = base_case("small-scale");
-    c.scale = 0.01f;
-    out[n++] = c;
-
-    /* Llama-like heads */
-    c = base_case("llama-group-bf16");
-    c.q_heads = 32;
-    c.kv_heads = 8;
-    c.head_dim = 128;
-    c.hidden = 128;
-    c.group_mode = 1;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_BF16;
-    c.sink = 16;
-    c.local = 64;
-    SET_LENS(c, 600, 77);
-    out[n++] = c;
-    c = base_case("llama-paper-depth1");
-    c.q_heads = 32;
-    c.kv_heads = 8;
-    c.head_dim = 128;
-    c.depth = 1;
-    c.q_dtype = c.kv_dtype = c.out_dtype = HA_BF16;
-    SET_LENS(c, 400);
-    out[n++] = c;
-    c = base_case("d80-paper");
-    c.head_dim = 80;
-    c.hidden = 80;
-    SET_LENS(c, 350, 199);
-    out[n++] = c;
-
-    /* decode steps */
-    c = base_case("multi-step");
-    c.decode_steps = 4;
-    out[n++] = c;
-    c = base_case("multi-token-steps-group");
-    c.new_tokens = 5;
-    c.decode_steps = 2;
-    c.group_mode = 1;
-    out[n++] = c;
-    c = base_case("prefilled-step");
-    c.new_tokens = 0;
-    out[n++] = c;
-    c = base_case("batch-below-max");
-    c.extra_batch = 3;
-    out[n++] = c;
-    return n;
-}
+/* Free (unconstrained) queries encoded per layer: enough rows to meet near-zero outputs. */
+#define FREE_BATCH 64
 
 /* ---- failure context ---------------------------------------------------------------------------- */
 
 static ha_runtime *g_rt;
-static char g_context[160];
+static char g_context[640];
 
 #define CHECK(cond, ...)                                                                                      \
     do {                                                                                                      \
@@ -384,20 +83,21 @@ typedef struct selection {
 typedef struct conf_run {
     const conf_case *c;
     tu_rng rng;
-    int32_t batch, max_len, words, code_heads, sel_heads;
+    int32_t batch, free_batch, max_len, words, code_heads, sel_heads;
     ha_weights_host ref_w; /* the same file bytes, parsed by the core's host loader */
     ha_weights *w;
-    ha_plan *plan, *probe;
+    ha_plan *plan, *probe, *encode_plan; /* encode_plan: max_batch = free_batch */
     selection plan_sel, probe_sel;
     float scale;
     ha_cache *cache;
     tu_kv kv;
     tu_tensor3 q, q_free, out;
     float *lse_dev;
-    uint32_t *codes_dev; /* [batch, Hq, words] */
+    uint32_t *codes_dev; /* [free_batch, Hq, words] */
     int32_t *lens_dev;   /* scratch for per-call lengths */
     uint32_t *ref_kcodes; /* [batch, code_heads, kv.tokens, words] for the current layer */
     double max_rel_err;
+    double top_lse; /* largest finite reference lse seen */
     int64_t flips, near_zero, bits_compared;
 } conf_run;
 
@@ -508,14 +208,14 @@ static void make_weights(conf_run *run)
 
 static int64_t plan_max_tokens(const conf_run *run)
 {
-    return run->max_len + 3;
+    return run->max_len + run->c->extra_tokens;
 }
 
-static ha_plan *make_plan(conf_run *run, const ha_weights *w, const selection *sel, float scale)
+static ha_plan *make_plan(conf_run *run, const ha_weights *w, int32_t max_batch, const selection *sel, float scale)
 {
     const conf_case *c = run->c;
     ha_plan_config cfg;
-    ha_plan_config_init(&cfg, run->batch + c->extra_batch, plan_max_tokens(run), c->q_heads, c->kv_heads, c->head_dim);
+    ha_plan_config_init(&cfg, max_batch, plan_max_tokens(run), c->q_heads, c->kv_heads, c->head_dim);
     cfg.sink = sel->sink;
     cfg.local = sel->local;
     cfg.heavy_fraction = sel->heavy_fraction;
@@ -566,7 +266,7 @@ static void fill_unambiguous_row(conf_run *run, void *row, ha_dtype dt, float sc
                                  int32_t count, float *x, double *y)
 {
     const conf_case *c = run->c;
-    for (int attempt = 0; attempt < 200; attempt++) {
+    for (int attempt = 0; attempt < MAX_DRAWS; attempt++) {
         tu_fill_row(&run->rng, row, dt, c->head_dim, scale);
         tu_load_row(row, dt, c->head_dim, x);
         int ok = 1;
@@ -580,7 +280,7 @@ static void fill_unambiguous_row(conf_run *run, void *row, ha_dtype dt, float sc
         if (ok)
             return;
     }
-    CHECK(0, "could not draw an unambiguous %s row in 200 attempts", key_side ? "key" : "query");
+    CHECK(0, "could not draw an unambiguous %s row in %d attempts", key_side ? "key" : "query", MAX_DRAWS);
 }
 
 static void make_inputs(conf_run *run)
@@ -605,11 +305,12 @@ static void make_inputs(conf_run *run)
     tu_kv_upload(&run->kv, g_rt);
 
     tu_tensor3_create(&run->q, g_rt, &run->rng, c->q_dtype, run->batch, c->q_heads, c->head_dim, c->padded);
-    tu_tensor3_create(&run->q_free, g_rt, &run->rng, c->q_dtype, run->batch, c->q_heads, c->head_dim, c->padded);
+    tu_tensor3_create(&run->q_free, g_rt, &run->rng, c->q_dtype, run->free_batch, c->q_heads, c->head_dim, c->padded);
     tu_tensor3_create(&run->out, g_rt, &run->rng, c->out_dtype, run->batch, c->q_heads, c->head_dim, c->padded);
-    for (int32_t b = 0; b < run->batch; b++) {
+    for (int32_t b = 0; b < run->free_batch; b++) {
         for (int32_t h = 0; h < c->q_heads; h++) {
-            fill_unambiguous_row(run, tu_tensor3_row(&run->q, b, h), c->q_dtype, c->q_scale, 0, h, 1, x, y);
+            if (b < run->batch)
+                fill_unambiguous_row(run, tu_tensor3_row(&run->q, b, h), c->q_dtype, c->q_scale, 0, h, 1, x, y);
             tu_fill_row(&run->rng, tu_tensor3_row(&run->q_free, b, h), c->q_dtype, c->head_dim, c->q_scale);
         }
     }
@@ -619,7 +320,7 @@ static void make_inputs(conf_run *run)
     free(y);
 
     run->lse_dev = tu_dev_alloc(g_rt, (size_t)run->batch * c->q_heads * sizeof(float));
-    run->codes_dev = tu_dev_alloc(g_rt, (size_t)run->batch * c->q_heads * run->words * sizeof(uint32_t));
+    run->codes_dev = tu_dev_alloc(g_rt, (size_t)run->free_batch * c->q_heads * run->words * sizeof(uint32_t));
     run->lens_dev = tu_dev_alloc(g_rt, (size_t)run->batch * sizeof(int32_t));
     run->ref_kcodes = malloc((size_t)run->batch * run->code_heads * (size_t)run->kv.tokens * run->words * sizeof(uint32_t));
     assert_non_null(run->ref_kcodes);
@@ -741,7 +442,7 @@ static void check_query_codes(conf_run *run, int32_t layer, const tu_tensor3 *q,
     float *x = malloc((size_t)c->head_dim * sizeof(float));
     double *y = malloc((size_t)c->bits * sizeof(double));
     assert_true(x && y);
-    for (int32_t b = 0; b < run->batch; b++) {
+    for (int32_t b = 0; b < q->batch; b++) {
         for (int32_t h = 0; h < c->q_heads; h++) {
             tu_load_row(tu_tensor3_row(q, b, h), c->q_dtype, c->head_dim, x);
             ha_ref_mlp_forward(desc, h, x, y);
@@ -863,6 +564,8 @@ static void check_outputs(conf_run *run, const float *ref_out, const float *ref_
                 run->max_rel_err = rel;
             CHECK(rel <= out_tol, "%s: seq %d (n %d), head %d: relative error %.3g > %.0e (out[0] = %g, ref %g)", what,
                   b, lens[b], h, rel, out_tol, (double)o[0], (double)r[0]);
+            if (isfinite(ref_lse[row]) && ref_lse[row] > run->top_lse)
+                run->top_lse = ref_lse[row];
             if (isinf(ref_lse[row]))
                 CHECK(isinf(lse[row]) && lse[row] < 0, "%s: seq %d (n %d), head %d: lse = %g, expected -inf", what, b,
                       lens[b], h, (double)lse[row]);
@@ -912,7 +615,7 @@ static void run_decode_step(conf_run *run, int32_t layer, const int32_t *lens, i
     CHECK_OK(ha_decode_step(run->plan, run->cache, layer, &step));
 }
 
-/** Lengths of the sequences after `done` of `steps` decode steps of `per_step` tokens each. */
+/** Lengths of the sequences when `steps_left` decode steps of `per_step` tokens each are still to come. */
 static void lengths_at(const conf_run *run, int32_t steps_left, int32_t per_step, int32_t *lens)
 {
     for (int32_t b = 0; b < run->batch; b++) {
@@ -976,18 +679,20 @@ static void check_sparse_layer(conf_run *run, int32_t layer, ref_buffers *r)
     CHECK_OK(ha_encode_queries(run->plan, layer, &q, run->batch, run->codes_dev, NULL));
     tu_from_dev(g_rt, r->free_codes, run->codes_dev, code_bytes);
     check_query_codes(run, layer, &run->q, r->free_codes, 1);
-    tu_dev_poison(g_rt, run->codes_dev, code_bytes);
-    CHECK_OK(ha_encode_queries(run->plan, layer, &q_free, run->batch, run->codes_dev, NULL));
-    tu_from_dev(g_rt, r->free_codes, run->codes_dev, code_bytes);
+    size_t free_code_bytes = (size_t)run->free_batch * c->q_heads * run->words * sizeof(uint32_t);
+    tu_dev_poison(g_rt, run->codes_dev, free_code_bytes);
+    CHECK_OK(ha_encode_queries(run->encode_plan, layer, &q_free, run->free_batch, run->codes_dev, NULL));
+    tu_from_dev(g_rt, r->free_codes, run->codes_dev, free_code_bytes);
     check_query_codes(run, layer, &run->q_free, r->free_codes, 0);
 
-    /* 4. match with the backend's own free-query codes (the reference reads the same codes) */
+    /* 4. match with the backend's own codes of the first `batch` free queries (the reference reads
+     *    the same codes) */
     check_match(run, run->plan, &run->plan_sel, layer, r->free_codes, run->codes_dev, prompt, r->indices, r->counts,
                 "ha_match");
 
     /* 5. attend over the reference's selection */
     int64_t rows = (int64_t)run->batch * run->sel_heads;
-    int32_t *idx_dev = tu_dev_upload(g_rt, r->indices, (size_t)(rows * max_kept) * sizeof(int32_t) + 1);
+    int32_t *idx_dev = tu_dev_upload(g_rt, r->indices, (size_t)(rows * max_kept) * sizeof(int32_t));
     int32_t *cnt_dev = tu_dev_upload(g_rt, r->counts, (size_t)rows * sizeof(int32_t));
     poison_outputs(run);
     CHECK_OK(ha_attend(run->plan, &q, &kv, run->batch, upload_lens(run, prompt), idx_dev, cnt_dev, &out, run->lse_dev,
@@ -1003,7 +708,6 @@ static void check_sparse_layer(conf_run *run, int32_t layer, ref_buffers *r)
     check_outputs(run, r->dense_out, r->dense_lse, c->lens, NULL, "ha_dense_attend");
 
     /* 7. fused decode steps vs the reference pipeline; sequences kept whole also vs dense */
-    int32_t per_call = per_step;
     if (per_step == 0) { /* keys already encoded: encode everything first, the step encodes nothing */
         CHECK_OK(ha_cache_encode_keys(run->plan, run->cache, layer, &kv, run->batch, upload_lens(run, c->lens),
                                       run->max_len, NULL));
@@ -1012,7 +716,7 @@ static void check_sparse_layer(conf_run *run, int32_t layer, ref_buffers *r)
     int32_t cur[MAX_BATCH];
     for (int32_t s = steps - 1; s >= 0; s--) {
         lengths_at(run, s, per_step, cur);
-        run_decode_step(run, layer, cur, per_call);
+        run_decode_step(run, layer, cur, per_step);
         ref_match(run, &run->plan_sel, max_kept, r->q_codes, cur, r->indices, r->counts);
         ref_attend(run, cur, r->indices, r->counts, max_kept, r->out, r->lse);
         snprintf(what, sizeof what, "ha_decode_step (layer %d, %d step(s) before the last)", layer, s);
@@ -1037,13 +741,16 @@ static void check_sparse_layer(conf_run *run, int32_t layer, ref_buffers *r)
 
 /* ---- one case ---------------------------------------------------------------------------------- */
 
+static uint64_t base_seed(void)
+{
+    const char *env = getenv("HASHATTN_TEST_SEED");
+    return env && *env ? strtoull(env, NULL, 0) : DEFAULT_SEED;
+}
+
 /** The seed of a case: a function of the base seed and the case's name (filtering keeps seeds). */
 static uint64_t case_seed(const char *name)
 {
-    uint64_t base = DEFAULT_SEED;
-    const char *env = getenv("HASHATTN_TEST_SEED");
-    if (env && *env)
-        base = strtoull(env, NULL, 0);
+    uint64_t base = base_seed();
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (const char *p = name; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
@@ -1060,9 +767,10 @@ static void run_case(void **state)
     run.c = c;
     uint64_t seed = case_seed(c->name);
     tu_rng_seed(&run.rng, seed);
-    const char *base = getenv("HASHATTN_TEST_SEED");
-    snprintf(g_context, sizeof g_context, "case %s, seed 0x%016llx (HASHATTN_TEST_SEED=%s)", c->name,
-             (unsigned long long)seed, base && *base ? base : "default");
+    char shape[400];
+    conf_describe_case(c, shape, sizeof shape);
+    snprintf(g_context, sizeof g_context, "case %s, seed 0x%016llx, HASHATTN_TEST_SEED=0x%llx; %s", c->name,
+             (unsigned long long)seed, (unsigned long long)base_seed(), shape);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
 
@@ -1078,8 +786,10 @@ static void run_case(void **state)
     run.scale = c->scale > 0.0f ? c->scale : (float)(1.0 / sqrt((double)c->head_dim));
     run.plan_sel = (selection){c->sink, c->local, c->heavy_fraction, c->heavy_count};
     run.probe_sel = (selection){0, 0, PROBE_FRACTION, 0};
-    run.plan = make_plan(&run, run.w, &run.plan_sel, c->scale);
-    run.probe = make_plan(&run, run.w, &run.probe_sel, c->scale);
+    run.free_batch = run.batch > FREE_BATCH ? run.batch : FREE_BATCH;
+    run.plan = make_plan(&run, run.w, run.batch + c->extra_batch, &run.plan_sel, c->scale);
+    run.probe = make_plan(&run, run.w, run.batch, &run.probe_sel, c->scale);
+    run.encode_plan = make_plan(&run, run.w, run.free_batch, &run.plan_sel, c->scale);
     check_plan_queries(&run, run.plan, &run.plan_sel);
     check_plan_queries(&run, run.probe, &run.probe_sel);
     make_inputs(&run);
@@ -1103,11 +813,11 @@ static void run_case(void **state)
     r.indices = malloc((size_t)(run.batch * run.sel_heads * max_kept + 1) * sizeof(int32_t));
     r.counts = malloc((size_t)run.batch * run.sel_heads * sizeof(int32_t));
     r.q_codes = malloc((size_t)rows * run.words * sizeof(uint32_t));
-    r.free_codes = malloc((size_t)rows * run.words * sizeof(uint32_t));
+    r.free_codes = malloc((size_t)run.free_batch * c->q_heads * run.words * sizeof(uint32_t));
     assert_true(r.out && r.dense_out && r.lse && r.dense_lse && r.indices && r.counts && r.q_codes && r.free_codes);
 
     /* a plan without weights does dense attention only */
-    ha_plan *dense_plan = make_plan(&run, NULL, &run.plan_sel, c->scale);
+    ha_plan *dense_plan = make_plan(&run, NULL, run.batch, &run.plan_sel, c->scale);
     run_dense_attend(&run, dense_plan, c->lens);
     dense_reference(&run, c->lens, &r);
     check_outputs(&run, r.dense_out, r.dense_lse, c->lens, NULL, "ha_dense_attend (plan without weights)");
@@ -1120,11 +830,13 @@ static void run_case(void **state)
             check_sparse_layer(&run, l, &r);
     }
 
+    CHECK(c->min_top_lse <= 0.0f || run.top_lse > c->min_top_lse,
+          "the case needs an lse above %g but the largest was %g: change its data", (double)c->min_top_lse, run.top_lse);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("    %-28s seed %016llx  n_max %5d  B %d  encode flips %lld of %lld near-zero bits (%lld compared)  "
-           "max rel err %.2e  %.2f s\n",
+           "max rel err %.2e  top lse %.1f  %.2f s\n",
            c->name, (unsigned long long)seed, run.max_len, run.batch, (long long)run.flips, (long long)run.near_zero,
-           (long long)run.bits_compared, run.max_rel_err,
+           (long long)run.bits_compared, run.max_rel_err, run.top_lse,
            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     fflush(stdout);
 
@@ -1147,6 +859,7 @@ static void run_case(void **state)
     free(run.ref_kcodes);
     ha_plan_destroy(run.plan);
     ha_plan_destroy(run.probe);
+    ha_plan_destroy(run.encode_plan);
     ha_weights_free(run.w);
     ha_weights_host_free(&run.ref_w);
 }
@@ -1171,9 +884,10 @@ int main(void)
         return 1;
     }
 
-    static conf_case cases[MAX_CASES];
-    static struct CMUnitTest tests[MAX_CASES];
-    int n_cases = build_cases(cases), n_tests = 0;
+    static conf_case cases[CONF_MAX_CASES];
+    static struct CMUnitTest tests[CONF_MAX_CASES];
+    int n_cases = conf_build_cases(cases), n_tests = 0;
+    n_cases += conf_build_random_cases(cases + n_cases, CONF_MAX_CASES - n_cases, base_seed());
     const char *filter = getenv("HASHATTN_TEST_CASES");
     for (int i = 0; i < n_cases; i++) {
         if (filter && *filter && !strstr(cases[i].name, filter))

@@ -127,7 +127,10 @@ void tu_dev_free(ha_runtime *rt, void *p)
 
 void tu_to_dev(ha_runtime *rt, void *dev, const void *host, size_t bytes)
 {
-    ha_status st = ha_mem_copy(rt, dev, host, bytes, HA_COPY_HOST_TO_BACKEND);
+    /* steps are asynchronous on GPU backends: wait until earlier calls stopped reading dev */
+    ha_status st = ha_synchronize(rt, NULL);
+    if (st == HA_OK)
+        st = ha_mem_copy(rt, dev, host, bytes, HA_COPY_HOST_TO_BACKEND);
     if (st != HA_OK)
         fail_msg("ha_mem_copy to backend: %s: %s", ha_status_string(st), ha_last_error());
 }

@@ -52,6 +52,7 @@ double tu_rel_l2(const float *a, const float *ref, int64_t n);
 
 void *tu_dev_alloc(ha_runtime *rt, size_t bytes);
 void tu_dev_free(ha_runtime *rt, void *p);
+/** Copies after ha_synchronize, so no queued call still reads (tu_to_dev) or writes (tu_from_dev) dev. */
 void tu_to_dev(ha_runtime *rt, void *dev, const void *host, size_t bytes);
 void tu_from_dev(ha_runtime *rt, void *host, const void *dev, size_t bytes);
 /** ha_mem_alloc + copy of host. */

@@ -11,6 +11,9 @@
 #include "cpu_internal.h"
 
 #define CPU_INLINE static inline __attribute__((always_inline))
+/* Fully unrolls a loop with a constant trip count, so that arrays of vectors stay in registers
+ * (gcc -O2 leaves such loops rolled and keeps the accumulators in memory). */
+#define CPU_UNROLL _Pragma("GCC unroll 16")
 
 /** Lanes [0, n) set (n ≤ 0: none, n ≥ 16: all). */
 CPU_INLINE __mmask16 cpu_tail_mask(int64_t n)
@@ -59,12 +62,15 @@ CPU_INLINE __m512 cpu_silu512(__m512 x)
 CPU_INLINE __m512 cpu_hsum16(const __m512 *a)
 {
     __m512 b[8], c[4], d[2];
+    CPU_UNROLL
     for (int i = 0; i < 8; i++) /* 256-bit halves: b[i] = [a[i] partials, a[i+8] partials] */
         b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm512_shuffle_f32x4(a[i], a[i + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+    CPU_UNROLL
     for (int i = 0; i < 4; i++) /* 128-bit quarters: a[i], a[i+8], a[i+4], a[i+12] */
         c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[i], b[i + 4], _MM_SHUFFLE(2, 0, 2, 0)),
                              _mm512_shuffle_f32x4(b[i], b[i + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    CPU_UNROLL
     for (int i = 0; i < 2; i++) /* pairs within quarters */
         d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[i], c[i + 2], _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm512_shuffle_ps(c[i], c[i + 2], _MM_SHUFFLE(3, 2, 3, 2)));

@@ -18,9 +18,11 @@ CPU_INLINE void layer_tile(const cpu_layer_args *a, int32_t t0, int32_t o0, cons
 {
     __mmask16 m[8];
     __m512 acc[4][8];
+    CPU_UNROLL
     for (int x = 0; x < NV; x++) {
         m[x] = o0 + 16 * x < a->out_pad ? (__mmask16)0xffff : (__mmask16)0;
         __m512 bias = _mm512_maskz_loadu_ps(m[x], a->bias + o0 + 16 * x);
+        CPU_UNROLL
         for (int r = 0; r < R; r++)
             acc[r][x] = bias;
     }
@@ -28,16 +30,21 @@ CPU_INLINE void layer_tile(const cpu_layer_args *a, int32_t t0, int32_t o0, cons
     for (int32_t k = 0; k < a->in_dim; k++) {
         const float *w = a->wt + (int64_t)k * a->out_pad + o0;
         __m512 wv[8];
+        CPU_UNROLL
         for (int x = 0; x < NV; x++)
             wv[x] = _mm512_maskz_loadu_ps(m[x], w + 16 * x);
+        CPU_UNROLL
         for (int r = 0; r < R; r++) {
             __m512 xb = _mm512_set1_ps(x_rows[r * a->x_stride + k]);
+            CPU_UNROLL
             for (int x = 0; x < NV; x++)
                 acc[r][x] = _mm512_fmadd_ps(xb, wv[x], acc[r][x]);
         }
     }
+    CPU_UNROLL
     for (int r = 0; r < R; r++) {
         float *y = a->y + (int64_t)(t0 + r) * a->y_stride + o0;
+        CPU_UNROLL
         for (int x = 0; x < NV; x++)
             _mm512_mask_storeu_ps(y + 16 * x, m[x], a->silu ? cpu_silu512(acc[r][x]) : acc[r][x]);
     }

@@ -79,7 +79,7 @@ typedef struct cpu_attend_unit {
     float *m;          /**< [heads] running max of the logits           */
     float *l;          /**< [heads] running sum of exp(logit - m)       */
     float *p;          /**< [heads, CPU_ATTEND_TILE] scratch            */
-    float *k_tile;     /**< [CPU_ATTEND_TILE, dim_pad] scratch          */
+    float *k_tile;     /**< [CPU_ATTEND_TILE, dim_pad] scratch (portable kernel) */
 } cpu_attend_unit;
 
 /** The ISA-specific inner loops. */
@@ -158,6 +158,10 @@ typedef struct cpu_plan {
     /* match: CPU_HIST_COPIES histograms of max_score + 1 counters */
     int32_t max_score;      /**< bits × group the plan can score                      */
     size_t hist_offset;
+    /* match split across threads: per (item, chunk) slot a histogram of max_score + 1 counters,
+     * then per slot an int64 offset, per item an int64 tie start and a uint32 threshold */
+    uint32_t *match_split;
+    int32_t match_slots;
     /* attend */
     int32_t group;          /**< q_heads / kv_heads: most heads of one attend unit    */
     int32_t dim_pad;

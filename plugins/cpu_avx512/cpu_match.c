@@ -3,11 +3,18 @@
  * candidates' similarities, the threshold score that the heavy budget reaches, a partial backward
  * pass for the tie rule (equal scores: more recent first), and one compaction pass. No sort and no
  * per-token storage: similarities are recomputed per block by the ISA kernel (XOR + popcount).
+ *
+ * With fewer (sequence, head) items than threads, each item's candidates are split into chunks:
+ * chunk histograms in parallel; per item the threshold, the chunk holding the tie boundary and
+ * every chunk's output offset; then every chunk compacts its selection straight into place.
  */
 #include <omp.h>
 #include <string.h>
 
 #include "cpu_internal.h"
+
+/* Shortest candidate chunk worth a thread of its own. */
+#define SPLIT_MIN_CANDIDATES 4096
 
 typedef struct match_job {
     const cpu_kernels *k;
@@ -17,7 +24,40 @@ typedef struct match_job {
     cpu_score_args score;
 } match_job;
 
-/* Scores tokens [t, t + n), which lie in one page; returns their first key code. */
+/* What the budget rule makes of one (b, s): keep all n, or sinks [0, lo) + heavy of the candidates
+ * [lo, hi) + locals [hi, n). */
+typedef struct item_geometry {
+    int64_t n;
+    int64_t heavy;
+    int64_t lo;
+    int64_t hi;
+    int keep_all;
+} item_geometry;
+
+static match_job make_job(const cpu_ctx *ctx, const ha_match_args *a, int64_t item)
+{
+    int32_t group = a->q_heads / a->sel_heads;
+    match_job job = {
+        .k = ctx->k, .a = a, .b = (int32_t)(item / a->sel_heads), .s = (int32_t)(item % a->sel_heads),
+        .score = { .group = group, .words = a->words, .bits = a->bits, .stride_token = a->k_codes.stride_token },
+    };
+    job.score.q = a->q_codes + ((int64_t)job.b * a->q_heads + (int64_t)job.s * group) * a->words;
+    return job;
+}
+
+static item_geometry geometry(const cpu_plan *plan, const ha_match_args *a, int32_t b)
+{
+    item_geometry g;
+    g.n = a->seq_lens[b];
+    g.n = g.n < 0 ? 0 : g.n > plan->desc.max_tokens ? plan->desc.max_tokens : g.n;
+    g.keep_all = ha_kept_for_length(g.n, a->sink, a->local, a->heavy_fraction, a->heavy_count) == g.n;
+    g.heavy = ha_heavy_for_length(g.n, a->heavy_fraction, a->heavy_count);
+    g.lo = a->sink;
+    g.hi = ha_local_start(g.n, a->sink, a->local);
+    return g; /* unless keep_all: n > sink + local + heavy, so the candidates outnumber heavy */
+}
+
+/* Scores tokens [t, t + n), which lie in one page. */
 static void score_run(match_job *job, int64_t t, int32_t n, uint32_t *scores)
 {
     job->score.keys = ha_rows_ptr(&job->a->k_codes, sizeof(uint32_t), job->b, job->s, t);
@@ -46,7 +86,8 @@ static int64_t run_down(const ha_rows *r, int64_t lo, int64_t hi)
     return start;
 }
 
-/* Histogram of the candidates' scores: CPU_HIST_COPIES interleaved copies summed into hist[0..]. */
+/* Histogram of the scores of [lo, hi): CPU_HIST_COPIES interleaved copies (no store-to-load chains
+ * on repeated scores), summed into hist[0..max_score]. */
 static void histogram(match_job *job, int64_t lo, int64_t hi, int32_t max_score, uint32_t *hist)
 {
     size_t bins = (size_t)max_score + 1;
@@ -64,7 +105,18 @@ static void histogram(match_job *job, int64_t lo, int64_t hi, int32_t max_score,
             hist[v] += hist[(size_t)c * bins + v];
 }
 
-/* The lowest index among the `wanted` most recent candidates scoring exactly `threshold`. */
+/* The threshold: the highest score whose count(score ≥ it) reaches heavy; *above = count(score >). */
+static uint32_t threshold_of(const uint32_t *hist, int32_t max_score, int64_t heavy, int64_t *above)
+{
+    uint32_t threshold = (uint32_t)max_score;
+    int64_t sum = 0;
+    while (threshold > 0 && sum + hist[threshold] < heavy)
+        sum += hist[threshold--];
+    *above = sum;
+    return threshold;
+}
+
+/* The lowest index among the `wanted` most recent tokens of [lo, hi) scoring exactly `threshold`. */
 static int64_t tie_start(match_job *job, int64_t lo, int64_t hi, uint32_t threshold, int64_t wanted)
 {
     uint32_t scores[CPU_MATCH_BLOCK];
@@ -80,40 +132,168 @@ static int64_t tie_start(match_job *job, int64_t lo, int64_t hi, uint32_t thresh
     return lo; /* unreachable: the histogram counted at least `wanted` */
 }
 
-/* Writes the kept indices of (b, s) in ascending order; returns how many. */
-static int64_t select_one(match_job *job, int64_t n, int32_t max_score, uint32_t *hist, int32_t *out)
+/* Writes the selected tokens of [lo, hi) ascending (score > threshold, or == threshold from
+ * tie_start up); returns how many. */
+static int64_t compact(match_job *job, int64_t lo, int64_t hi, uint32_t threshold, int64_t first_tie, int32_t *out)
 {
-    const ha_match_args *a = job->a;
-    int64_t kept = ha_kept_for_length(n, a->sink, a->local, a->heavy_fraction, a->heavy_count);
-    if (kept == n) {
-        for (int64_t j = 0; j < n; j++)
-            out[j] = (int32_t)j;
-        return n;
-    }
-    /* n > sink + local + heavy: the candidates [sink, local_start) outnumber heavy. */
-    int64_t heavy = ha_heavy_for_length(n, a->heavy_fraction, a->heavy_count);
-    int64_t lo = a->sink, hi = ha_local_start(n, a->sink, a->local);
+    uint32_t scores[CPU_MATCH_BLOCK];
     int64_t count = 0;
-    for (int64_t j = 0; j < lo; j++)
-        out[count++] = (int32_t)j;
-    if (heavy > 0) {
-        histogram(job, lo, hi, max_score, hist);
-        uint32_t threshold = (uint32_t)max_score;
-        int64_t above = 0; /* candidates scoring higher than threshold */
-        while (threshold > 0 && above + hist[threshold] < heavy)
-            above += hist[threshold--];
-        int64_t first_tie = tie_start(job, lo, hi, threshold, heavy - above);
-        uint32_t scores[CPU_MATCH_BLOCK];
-        for (int64_t t = lo; t < hi;) {
-            int32_t run = run_up(&a->k_codes, t, hi);
-            score_run(job, t, run, scores);
-            count += job->k->match_compact(scores, run, (int32_t)t, threshold, first_tie, out + count);
-            t += run;
+    for (int64_t t = lo; t < hi;) {
+        int32_t run = run_up(&job->a->k_codes, t, hi);
+        score_run(job, t, run, scores);
+        count += job->k->match_compact(scores, run, (int32_t)t, threshold, first_tie, out + count);
+        t += run;
+    }
+    return count;
+}
+
+/* Sinks, then locals after the room for `heavy` candidates (all of [0, n) when keep_all); returns
+ * the row's count. */
+static int64_t write_fixed(const item_geometry *g, int32_t *out)
+{
+    if (g->keep_all) {
+        for (int64_t j = 0; j < g->n; j++)
+            out[j] = (int32_t)j;
+        return g->n;
+    }
+    for (int64_t j = 0; j < g->lo; j++)
+        out[j] = (int32_t)j;
+    int32_t *locals = out + g->lo + g->heavy;
+    for (int64_t j = g->hi; j < g->n; j++)
+        locals[j - g->hi] = (int32_t)j;
+    return g->lo + g->heavy + (g->n - g->hi);
+}
+
+/* The whole selection of one item on one thread. */
+static int64_t select_one(match_job *job, const item_geometry *g, int32_t max_score, uint32_t *hist, int32_t *out)
+{
+    int64_t count = write_fixed(g, out);
+    if (!g->keep_all && g->heavy > 0) {
+        histogram(job, g->lo, g->hi, max_score, hist);
+        int64_t above;
+        uint32_t threshold = threshold_of(hist, max_score, g->heavy, &above);
+        int64_t first_tie = tie_start(job, g->lo, g->hi, threshold, g->heavy - above);
+        compact(job, g->lo, g->hi, threshold, first_tie, out + g->lo);
+    }
+    return count;
+}
+
+/* ---- split items ------------------------------------------------------------------------------ */
+
+typedef struct split_state {
+    int32_t splits;
+    size_t bins;
+    uint32_t *chunk_hist;   /**< [items × splits][bins]  */
+    int64_t *chunk_offset;  /**< [items × splits]: where a chunk's selection starts after the sinks */
+    uint32_t *threshold;    /**< [items]                 */
+    int64_t *first_tie;     /**< [items]                 */
+} split_state;
+
+static void chunk_range(const item_geometry *g, int32_t splits, int32_t c, int64_t *lo, int64_t *hi)
+{
+    *lo = g->lo + (g->hi - g->lo) * c / splits;
+    *hi = g->lo + (g->hi - g->lo) * (c + 1) / splits;
+}
+
+/* Threshold, tie boundary and chunk offsets of one item from its chunk histograms. */
+static void plan_item(match_job *job, const item_geometry *g, const split_state *st, int64_t item, int32_t max_score,
+                      uint32_t *total)
+{
+    const uint32_t *first = st->chunk_hist + (size_t)item * st->splits * st->bins;
+    memset(total, 0, st->bins * sizeof(uint32_t));
+    for (int32_t c = 0; c < st->splits; c++)
+        for (size_t v = 0; v < st->bins; v++)
+            total[v] += first[(size_t)c * st->bins + v];
+    int64_t above;
+    uint32_t threshold = threshold_of(total, max_score, g->heavy, &above);
+    /* Ties are taken from the most recent chunk down; one chunk holds the boundary. */
+    int64_t wanted = g->heavy - above, tie_chunk = 0, first_tie = g->lo, at_tie_chunk = 0;
+    for (int32_t c = st->splits - 1; c >= 0; c--) {
+        int64_t ties = first[(size_t)c * st->bins + threshold];
+        if (wanted <= ties) {
+            int64_t lo, hi;
+            chunk_range(g, st->splits, c, &lo, &hi);
+            tie_chunk = c;
+            at_tie_chunk = wanted;
+            first_tie = tie_start(job, lo, hi, threshold, wanted);
+            break;
+        }
+        wanted -= ties;
+    }
+    int64_t offset = 0;
+    for (int32_t c = 0; c < st->splits; c++) {
+        const uint32_t *h = first + (size_t)c * st->bins;
+        st->chunk_offset[item * st->splits + c] = offset;
+        for (int32_t v = (int32_t)threshold + 1; v <= max_score; v++)
+            offset += h[v];
+        offset += c > tie_chunk ? (int64_t)h[threshold] : c == tie_chunk ? at_tie_chunk : 0;
+    }
+    st->threshold[item] = threshold;
+    st->first_tie[item] = first_tie;
+}
+
+static void match_split(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a, int32_t max_score,
+                        int32_t splits)
+{
+    const int64_t items = (int64_t)a->batch * a->sel_heads;
+    split_state st = { .splits = splits, .bins = (size_t)max_score + 1 };
+    st.chunk_hist = plan->match_split;
+    st.chunk_offset = (int64_t *)(st.chunk_hist + (size_t)plan->match_slots * st.bins);
+    st.first_tie = st.chunk_offset + plan->match_slots;
+    st.threshold = (uint32_t *)(st.first_tie + plan->match_slots);
+#pragma omp parallel num_threads(plan->threads)
+    {
+        uint32_t *hist = (uint32_t *)(cpu_thread_scratch(plan, omp_get_thread_num()) + plan->hist_offset);
+#pragma omp for schedule(dynamic)
+        for (int64_t work = 0; work < items * splits; work++) {
+            int64_t item = work / splits, lo, hi;
+            match_job job = make_job(ctx, a, item);
+            item_geometry g = geometry(plan, a, job.b);
+            if (g.keep_all || g.heavy == 0)
+                continue;
+            chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
+            histogram(&job, lo, hi, max_score, hist);
+            memcpy(st.chunk_hist + (size_t)work * st.bins, hist, st.bins * sizeof(uint32_t));
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t item = 0; item < items; item++) {
+            match_job job = make_job(ctx, a, item);
+            item_geometry g = geometry(plan, a, job.b);
+            a->counts[item] = (int32_t)write_fixed(&g, a->indices + item * a->index_stride);
+            if (!g.keep_all && g.heavy > 0)
+                plan_item(&job, &g, &st, item, max_score, hist);
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t work = 0; work < items * splits; work++) {
+            int64_t item = work / splits, lo, hi;
+            match_job job = make_job(ctx, a, item);
+            item_geometry g = geometry(plan, a, job.b);
+            if (g.keep_all || g.heavy == 0)
+                continue;
+            chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
+            int32_t *out = a->indices + item * a->index_stride + g.lo + st.chunk_offset[work];
+            compact(&job, lo, hi, st.threshold[item], st.first_tie[item], out);
         }
     }
-    for (int64_t j = hi; j < n; j++)
-        out[count++] = (int32_t)j;
-    return count;
+}
+
+/* Chunks per item: 1 unless there are fewer items than threads and long candidate lists. */
+static int32_t choose_splits(const cpu_plan *plan, const ha_match_args *a)
+{
+    int64_t items = (int64_t)a->batch * a->sel_heads;
+    if (plan->match_slots == 0 || items == 0 || items >= plan->threads)
+        return 1;
+    int64_t longest = 0;
+    for (int32_t b = 0; b < a->batch; b++) {
+        item_geometry g = geometry(plan, a, b);
+        if (!g.keep_all && g.hi - g.lo > longest)
+            longest = g.hi - g.lo;
+    }
+    int64_t splits = (2 * (int64_t)plan->threads + items - 1) / items;
+    int64_t by_slots = plan->match_slots / items, by_length = longest / SPLIT_MIN_CANDIDATES;
+    splits = splits < by_slots ? splits : by_slots;
+    splits = splits < by_length ? splits : by_length;
+    return splits > 1 ? (int32_t)splits : 1;
 }
 
 ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a)
@@ -125,18 +305,19 @@ ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_arg
     if ((int64_t)group * a->bits > plan->max_score)
         return cpu_fail(HA_ERR_STATE, "cpu_avx512 match: scores up to %lld exceed this plan's histogram (%d)",
                         (long long)group * a->bits, plan->max_score);
+    const int32_t max_score = group * a->bits;
+    int32_t splits = choose_splits(plan, a);
+    if (splits > 1) {
+        match_split(ctx, plan, a, max_score, splits);
+        return HA_OK;
+    }
     int64_t items = (int64_t)a->batch * a->sel_heads;
 #pragma omp parallel for schedule(dynamic) num_threads(plan->threads)
     for (int64_t item = 0; item < items; item++) {
-        match_job job = {
-            .k = ctx->k, .a = a, .b = (int32_t)(item / a->sel_heads), .s = (int32_t)(item % a->sel_heads),
-            .score = { .group = group, .words = a->words, .bits = a->bits, .stride_token = a->k_codes.stride_token },
-        };
-        job.score.q = a->q_codes + ((int64_t)job.b * a->q_heads + (int64_t)job.s * group) * a->words;
-        int64_t n = a->seq_lens[job.b];
-        n = n < 0 ? 0 : n > plan->desc.max_tokens ? plan->desc.max_tokens : n;
+        match_job job = make_job(ctx, a, item);
+        item_geometry g = geometry(plan, a, job.b);
         uint32_t *hist = (uint32_t *)(cpu_thread_scratch(plan, omp_get_thread_num()) + plan->hist_offset);
-        a->counts[item] = (int32_t)select_one(&job, n, group * a->bits, hist, a->indices + item * a->index_stride);
+        a->counts[item] = (int32_t)select_one(&job, &g, max_score, hist, a->indices + item * a->index_stride);
     }
     return HA_OK;
 }

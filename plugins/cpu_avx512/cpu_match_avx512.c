@@ -52,8 +52,10 @@ static void scores_any(const cpu_score_args *a, int32_t count, uint32_t *scores)
         const uint32_t *key = a->keys + i * a->stride_token;
         uint32_t distance = 0;
         for (int32_t h = 0; h < a->group; h++)
-            for (int32_t w = 0; w < a->words; w++)
-                distance += (uint32_t)_mm_popcnt_u32((a->q[h * a->words + w] ^ key[w]) & cpu_code_word_mask(w, a->bits));
+            for (int32_t w = 0; w < a->words; w++) {
+                uint32_t diff = (a->q[h * a->words + w] ^ key[w]) & cpu_code_word_mask(w, a->bits);
+                distance += (uint32_t)_mm_popcnt_u32(diff);
+            }
         scores[i] = best - distance;
     }
 }

@@ -3,6 +3,7 @@
  * [heads, in, out_pad] so that a matrix-vector product streams contiguous rows of outputs (one FMA
  * per 16 outputs per input), with zero-padded output columns and biases.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,8 +40,14 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
         }
         int32_t pad = (int32_t)cpu_round_up(desc->dims[i], 16);
         widest = pad > widest ? pad : widest;
-        if (i < desc->depth)
-            total += (size_t)desc->heads * ((size_t)desc->dims[i] + 1) * (size_t)cpu_round_up(desc->dims[i + 1], 16);
+        size_t layer = 0;
+        if (i < desc->depth &&
+            (__builtin_mul_overflow((size_t)desc->heads * ((size_t)desc->dims[i] + 1),
+                                    (size_t)cpu_round_up(desc->dims[i + 1], 16), &layer) ||
+             __builtin_add_overflow(total, layer, &total) || total > SIZE_MAX / sizeof(float))) {
+            free(mlp);
+            return cpu_fail(HA_ERR_OVERFLOW, "cpu_avx512 mlp_upload: the repacked weights overflow the address space");
+        }
     }
     mlp->widest_pad = widest;
     void *storage = NULL;

@@ -10,8 +10,11 @@
 
 #include "cpu_internal.h"
 
-/* Partial results a split attend may hold, per thread (chunks of one unit go to several threads). */
+/* Partial results a split attend or match may hold, per thread (chunks of one unit go to several
+ * threads). */
 #define PARTIAL_SLOTS_PER_THREAD 4
+/* Largest similarity (bits × group) the match histograms cover: 16 MiB of counters per thread. */
+#define MAX_SCORE_LIMIT (1 << 20)
 
 /* Reserves bytes (64-byte aligned) at *offset within a thread's slice; returns the part's offset. */
 static size_t take(size_t *offset, size_t bytes)
@@ -44,7 +47,13 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
         int32_t block = 32768 / p->enc_width;
         p->enc_block = block < 1 ? 1 : block > CPU_ENCODE_BLOCK ? CPU_ENCODE_BLOCK : block;
         p->enc_offset = take(&slice, 2 * (size_t)p->enc_block * (size_t)p->enc_width * sizeof(float));
-        p->max_score = desc->bits * (desc->q_heads / desc->code_heads);
+        int64_t max_score = (int64_t)desc->bits * (desc->q_heads / desc->code_heads);
+        if (max_score > MAX_SCORE_LIMIT) {
+            free(p);
+            return cpu_fail(HA_ERR_UNSUPPORTED, "cpu_avx512 plan_create: similarities up to %lld (bits × group) "
+                            "exceed the %d this backend supports", (long long)max_score, MAX_SCORE_LIMIT);
+        }
+        p->max_score = (int32_t)max_score;
         p->hist_offset = take(&slice, (size_t)CPU_HIST_COPIES * ((size_t)p->max_score + 1) * sizeof(uint32_t));
     }
     p->group = desc->q_heads / desc->kv_heads;
@@ -57,8 +66,11 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
 
     p->partial_slots = p->threads > 1 ? PARTIAL_SLOTS_PER_THREAD * p->threads : 0;
     p->partial_floats = (size_t)cpu_round_up((int64_t)(g * (dp + 2)), 16);
-    size_t bytes = p->thread_stride * (size_t)p->threads + dp * sizeof(float) +
-                   (size_t)p->partial_slots * p->partial_floats * sizeof(float);
+    p->match_slots = p->threads > 1 && desc->code_heads > 0 ? PARTIAL_SLOTS_PER_THREAD * p->threads : 0;
+    size_t partial_bytes = (size_t)p->partial_slots * p->partial_floats * sizeof(float);
+    size_t split_bytes = (size_t)p->match_slots * (((size_t)p->max_score + 1) * sizeof(uint32_t) + 2 * sizeof(int64_t) +
+                                                   sizeof(uint32_t));
+    size_t bytes = p->thread_stride * (size_t)p->threads + dp * sizeof(float) + partial_bytes + split_bytes;
     void *mem = NULL;
     if (posix_memalign(&mem, 64, bytes) != 0) {
         free(p);
@@ -68,6 +80,7 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
     p->scratch = mem;
     p->zero_row = (float *)(p->scratch + p->thread_stride * (size_t)p->threads);
     p->partials = p->zero_row + dp;
+    p->match_split = p->match_slots > 0 ? (uint32_t *)((char *)p->partials + partial_bytes) : NULL;
     *out = p;
     return HA_OK;
 }
