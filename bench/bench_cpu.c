@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "bench_fixture.h"
 #include "bench_machine.h"
@@ -225,6 +226,12 @@ static int time_stage(const stage_ctx *c, bench_stage s, int reps, const bench_e
     return 0;
 }
 
+static long involuntary_switches(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_nivcsw : 0;
+}
+
 /** Every (copy, sequence, selection head) kept exactly the budget's number of tokens. */
 static int selection_counts_ok(const stage_ctx *c, int64_t kept)
 {
@@ -312,9 +319,11 @@ static int run_config(bench_fixture *f, int sparsity, int reps, const bench_evic
     expected_bytes(f, r);
     /* Producers first: queries' codes feed match, match's selection feeds attend. */
     static const bench_stage order[] = {BENCH_ENCODE_Q, BENCH_MATCH, BENCH_ATTEND, BENCH_ENCODE_K, BENCH_STEP, BENCH_DENSE};
+    long switches = involuntary_switches();
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (time_stage(&c, order[i], reps, ev, &r->stage[order[i]]) != 0)
             goto done;
+    r->preemptions = involuntary_switches() - switches;
     r->selection_ok = selection_counts_ok(&c, r->kept);
     r->step_vs_stages = step_vs_stages(&c);
     rc = 0;

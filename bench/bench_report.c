@@ -56,6 +56,8 @@ void bench_print_header(FILE *to)
     fprintf(to, "%-5s %3s %2s %6s %5s %3s | %8s %8s %7s %7s | %8s %8s %8s %8s | %s\n", "mode", "x", "B", "n",
             "kept", "L", "step_ms", "dense_ms", "speedup", "(bytes)", "encq_ms", "enck_ms", "match_ms", "attnd_ms",
             "% of DRAM floor: step encq enck match attnd dense");
+    fprintf(to, "(preempted: involuntary context switches of this process while timing the row; many = other work "
+                "shared the CPUs)\n");
 }
 
 void bench_print_row(FILE *to, const bench_result *r, double read_gbps)
@@ -68,7 +70,7 @@ void bench_print_row(FILE *to, const bench_result *r, double read_gbps)
     fprintf(to, "                  ");
     for (int i = 0; i < BENCH_STAGE_COUNT; i++)
         fprintf(to, " %4.0f", 100.0 * bench_fraction_of_floor(&s[i], read_gbps));
-    fprintf(to, "%s\n", r->selection_ok ? "" : "  [selection counts wrong!]");
+    fprintf(to, "  preempted %ld%s\n", r->preemptions, r->selection_ok ? "" : "  [selection counts wrong!]");
 }
 
 /** The stage (of encode q, encode k, match, attend) taking the most time. */
@@ -130,12 +132,13 @@ static json_t *result_json(const bench_result *r, double read_gbps)
     double stage_sum = 0.0;
     for (int i = BENCH_ENCODE_Q; i <= BENCH_ATTEND; i++)
         stage_sum += r->stage[i].median_s;
-    return json_pack("{s:s, s:i, s:f, s:i, s:I, s:I, s:i, s:f, s:o, s:f, s:f, s:f, s:b, s:f}", "mode",
+    return json_pack("{s:s, s:i, s:f, s:i, s:I, s:I, s:i, s:f, s:o, s:f, s:f, s:f, s:b, s:f, s:I}", "mode",
                      mode_name(r->mode), "sparsity", r->sparsity, "heavy_fraction", 1.0 / r->sparsity, "batch", r->batch,
                      "tokens", (json_int_t)r->tokens, "kept", (json_int_t)r->kept, "layer_copies", r->layers,
                      "working_set_bytes", r->working_set, "stages", stages, "speedup_vs_dense", speedup(r),
                      "byte_ratio_dense_over_step", byte_ratio(r), "stage_sum_s", stage_sum, "selection_counts_ok",
-                     r->selection_ok, "step_vs_stages_max_rel_diff", r->step_vs_stages);
+                     r->selection_ok, "step_vs_stages_max_rel_diff", r->step_vs_stages, "involuntary_context_switches",
+                     (json_int_t)r->preemptions);
 }
 
 static json_t *targets_json(const bench_result *results, size_t count, double read_gbps)

@@ -38,6 +38,7 @@ typedef struct bench_result {
     bench_timing stage[BENCH_STAGE_COUNT];
     int selection_ok;      /**< every count equals kept                           */
     double step_vs_stages; /**< max |out_step - out_stages| / max |out_stages|    */
+    long preemptions;      /**< involuntary context switches while timing: > 0 means other work ran */
 } bench_result;
 
 /** The benchmark's measured context, for the report. */

@@ -127,16 +127,17 @@ HA_API ha_status ha_plan_create(ha_runtime *rt, const ha_weights *w, const ha_pl
     d->max_kept = ha_kept_for_length(d->max_tokens, d->sink, d->local, d->heavy_fraction, d->heavy_count);
     d->scale = cfg->scale > 0.0f ? cfg->scale : (float)(1.0 / sqrt((double)d->head_dim));
     if (w) {
-        int64_t sel = ha_plan_selection_heads(p), rows;
-        if (!ha_mul_i64(d->max_batch, sel, &rows))
-            st = ha_fail(HA_ERR_OVERFLOW, "ha_plan_create: max_batch × heads overflows");
+        /* every size is computed (and overflow-checked) before anything is allocated */
+        int64_t sel = ha_plan_selection_heads(p), rows = 0, code_words = 0, index_count = 0, index_bytes = 0;
+        if (!ha_mul_i64(d->max_batch, sel, &rows) ||
+            !ha_mul_i64(rows, (int64_t)(d->q_heads / sel) * d->words, &code_words) ||
+            !ha_mul_i64(rows, d->max_kept, &index_count) || !ha_mul_i64(index_count, 4, &index_bytes))
+            st = ha_fail(HA_ERR_OVERFLOW, "ha_plan_create: scratch for max_batch %d × %lld heads × %lld kept tokens overflows",
+                         d->max_batch, (long long)sel, (long long)d->max_kept);
         if (st == HA_OK)
-            st = scratch(rt, rows * (int64_t)(d->q_heads / sel) * d->words, sizeof(uint32_t), (void **)&p->q_codes);
-        if (st == HA_OK && d->max_kept > 0) {
-            int64_t n;
-            st = ha_mul_i64(rows, d->max_kept, &n) ? scratch(rt, n, sizeof(int32_t), (void **)&p->indices)
-                                                  : ha_fail(HA_ERR_OVERFLOW, "ha_plan_create: index scratch overflows");
-        }
+            st = scratch(rt, code_words, sizeof(uint32_t), (void **)&p->q_codes);
+        if (st == HA_OK)
+            st = scratch(rt, index_count, sizeof(int32_t), (void **)&p->indices);
         if (st == HA_OK)
             st = scratch(rt, rows, sizeof(int32_t), (void **)&p->counts);
     }

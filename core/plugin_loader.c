@@ -164,8 +164,11 @@ static ha_status init_backend(ha_backend *b, int32_t device)
     host.log = ha_log_plain;
     void *ctx = NULL;
     ha_status st = b->api->init(&host, &ctx);
-    if (st != HA_OK)
-        return ha_fail(st, "plugin '%s' failed to initialize: %s", b->api->name, ha_status_string(st));
+    if (st != HA_OK) {
+        const char *why = b->api->last_error ? b->api->last_error(NULL) : NULL;
+        return ha_fail(st, "plugin '%s' failed to initialize: %s", b->api->name,
+                       why && *why ? why : ha_status_string(st));
+    }
     b->ctx = ctx;
     return HA_OK;
 }

@@ -204,7 +204,8 @@ typedef struct ha_plugin_api {
     void (*shutdown)(void *ctx);
     /** One line describing the code path in use. */
     const char *(*describe)(void *ctx);
-    /** Message of the last failure on this context (optional: NULL → the core uses the status name). */
+    /** Message of the last failure on this context (optional: NULL → the core uses the status name).
+     *  Called with ctx == NULL after a failed init: the reason init failed (or NULL). */
     const char *(*last_error)(void *ctx);
     /** 1 if backend memory is host memory. */
     int host_memory;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test hashattn (as root, or with sudo).
 set -euo pipefail
-pkgs=(build-essential clang meson ninja-build pkg-config libcmocka-dev libjansson-dev libomp-dev)
+pkgs=(build-essential clang meson ninja-build pkg-config libcmocka-dev libjansson-dev libomp-dev libpcre2-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

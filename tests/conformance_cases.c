@@ -174,6 +174,34 @@ int conf_build_cases(conf_case *out)
     c.heavy_fraction = 1.0 / 32.0;
     out[n++] = c;
 
+    /* one long sequence and one selection head: backends that split a sequence across threads
+     * (histograms per chunk, the tie boundary in one chunk) must still select the same set */
+    c = base_case("long-one-item-group-ties");
+    c.q_heads = 4;
+    c.kv_heads = 1;
+    c.group_mode = 1;
+    c.bits = 8;
+    c.heavy_fraction = 0.25;
+    SET_LENS(c, 9001);
+    out[n++] = c;
+    c = base_case("long-one-item-paper-hq1");
+    c.q_heads = 1;
+    c.kv_heads = 1;
+    c.bits = 20;
+    c.heavy_fraction = 1.0 / 8.0;
+    SET_LENS(c, 8500);
+    out[n++] = c;
+    c = base_case("long-one-item-count-paged");
+    c.q_heads = 2;
+    c.kv_heads = 1;
+    c.group_mode = 1;
+    c.bits = 4;
+    c.heavy_fraction = 0.0;
+    c.heavy_count = 3000;
+    c.page_size = 16;
+    SET_LENS(c, 10007);
+    out[n++] = c;
+
     /* dtypes of Q/K/V and out */
     c = base_case("f16");
     c.q_dtype = c.kv_dtype = c.out_dtype = HA_F16;

@@ -75,7 +75,7 @@ static const char *template_describe(void *ctx)
 
 static const char *template_last_error(void *ctx)
 {
-    return ((template_ctx *)ctx)->last_error;
+    return ctx ? ((template_ctx *)ctx)->last_error : ""; /* NULL ctx: asked after a failed init */
 }
 
 /* ---- memory (host memory here; a GPU plugin wraps cudaMalloc, cudaMemcpy, …) ----------------- */

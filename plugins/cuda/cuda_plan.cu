@@ -1,0 +1,121 @@
+/*
+ * cuda_plan.cu — plans: the work partition rules (candidate chunks of the match stage, sequence
+ * splits of the attend stage) and the device scratch they need, allocated once for the plan's limits.
+ *
+ * Both partitions depend only on what the host knows at call time (batch, heads, the plan's limits),
+ * never on the sequence lengths, which live in device memory: a block whose chunk or split is empty
+ * for the actual length exits at once.
+ */
+#include <stdlib.h>
+
+#include "cuda_internal.h"
+
+/* Fewest candidates worth a match block of their own. */
+#define CU_MATCH_MIN_CHUNK 1024
+/* Fewest tokens worth an attend split of their own. */
+#define CU_ATTEND_MIN_SPLIT 256
+/* Blocks per SM that the partitions aim for. */
+#define CU_BLOCKS_PER_SM 4
+
+static int64_t ceil_div(int64_t x, int64_t y)
+{
+    return (x + y - 1) / y;
+}
+
+static int32_t clamp_count(int64_t want, int64_t cap)
+{
+    cap = cap < 1 ? 1 : cap;
+    return (int32_t)(want < 1 ? 1 : want > cap ? cap : want);
+}
+
+int32_t cu_match_chunks(const cu_plan *plan, int64_t items)
+{
+    int64_t cap = ceil_div(plan->desc.max_tokens, CU_MATCH_MIN_CHUNK);
+    cap = cap < CU_MATCH_THREADS ? cap : CU_MATCH_THREADS; /* the planning pass gives a chunk a thread */
+    return clamp_count(ceil_div(plan->target_blocks, items < 1 ? 1 : items), cap);
+}
+
+int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len)
+{
+    int64_t cap = ceil_div(max_len, CU_ATTEND_MIN_SPLIT);
+    cap = cap < CU_ATTEND_MAX_SPLITS ? cap : CU_ATTEND_MAX_SPLITS;
+    return clamp_count(ceil_div(plan->target_blocks, units < 1 ? 1 : units), cap);
+}
+
+static ha_status scratch(size_t count, size_t elem, void **out, const char *what)
+{
+    *out = NULL;
+    if (count == 0)
+        return HA_OK;
+    if (count > SIZE_MAX / elem)
+        return cu_fail(HA_ERR_OVERFLOW, "cuda plan_create: the %s scratch overflows", what);
+    cudaError_t err = cudaMalloc(out, count * elem);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        *out = NULL;
+        return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda plan_create: cannot allocate %zu bytes of %s scratch: %s",
+                       count * elem, what, cudaGetErrorString(err));
+    }
+    return HA_OK;
+}
+
+ha_status cu_plan_create(const cu_ctx *ctx, const ha_plan_desc *desc, cu_plan **out)
+{
+    *out = NULL;
+    if (desc->head_dim > CU_MAX_HEAD_DIM)
+        return cu_fail(HA_ERR_UNSUPPORTED, "cuda plan_create: head_dim %d exceeds this backend's limit of %d",
+                       desc->head_dim, CU_MAX_HEAD_DIM);
+    if (desc->q_heads < 1 || desc->kv_heads < 1 || desc->q_heads % desc->kv_heads != 0 ||
+        (desc->code_heads > 0 && desc->q_heads % desc->code_heads != 0))
+        return cu_fail(HA_ERR_SHAPE, "cuda plan_create: q_heads %d, kv_heads %d, code_heads %d do not fit together",
+                       desc->q_heads, desc->kv_heads, desc->code_heads);
+    cu_plan *p = (cu_plan *)calloc(1, sizeof *p);
+    if (!p)
+        return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda plan_create: out of host memory");
+    p->desc = *desc;
+    p->target_blocks = CU_BLOCKS_PER_SM * (ctx->sm_count > 0 ? ctx->sm_count : 1);
+    ha_status st = HA_OK;
+
+    if (desc->code_heads > 0 && desc->words > 0) {
+        int64_t group = desc->q_heads / desc->code_heads;
+        int64_t bins = group * desc->bits + 1;
+        /* the planning pass keeps one histogram and about 2 KB of its own in shared memory */
+        if (bins > INT32_MAX / 2 ||
+            cu_match_smem((int32_t)bins, (int32_t)(group * desc->words)) + 2048 > ctx->smem_optin)
+            st = cu_fail(HA_ERR_UNSUPPORTED, "cuda plan_create: %lld possible scores (group %lld × %d bits) exceed "
+                         "the shared memory of one block", (long long)bins, (long long)group, desc->bits);
+        int64_t items = (int64_t)desc->max_batch * desc->code_heads;
+        p->match_bins = (int32_t)bins;
+        p->match_slots = items + p->target_blocks;
+        if (st == HA_OK)
+            st = scratch((size_t)p->match_slots * (size_t)bins, sizeof(uint32_t), (void **)&p->match_hist, "match");
+        if (st == HA_OK)
+            st = scratch((size_t)p->match_slots * 2, sizeof(int32_t), (void **)&p->match_chunk, "match");
+        if (st == HA_OK)
+            st = scratch((size_t)items, sizeof(uint32_t), (void **)&p->match_threshold, "match");
+    }
+    /* rows × splits < rows + target × heads per unit (see cu_attend_splits), heads per unit ≤ group */
+    if (st == HA_OK) {
+        int64_t group = desc->q_heads / desc->kv_heads;
+        p->partial_slots = (int64_t)desc->max_batch * desc->q_heads + (int64_t)p->target_blocks * group;
+        st = scratch((size_t)p->partial_slots * ((size_t)desc->head_dim + 2), sizeof(float), (void **)&p->partials,
+                     "attend");
+    }
+    if (st != HA_OK) {
+        cu_plan_destroy(p);
+        return st;
+    }
+    *out = p;
+    return HA_OK;
+}
+
+void cu_plan_destroy(cu_plan *plan)
+{
+    if (!plan)
+        return;
+    cudaFree(plan->match_hist);
+    cudaFree(plan->match_chunk);
+    cudaFree(plan->match_threshold);
+    cudaFree(plan->partials);
+    free(plan);
+}
