@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error_buffer.h"
 #include "ha_shared.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -33,19 +34,8 @@
 #define ST_MAX_HEADER_BYTES 100000000ull
 #define ST_META_KEY "__metadata__"
 
-static ha_status fail(char *err, size_t err_size, ha_status status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static ha_status fail(char *err, size_t err_size, ha_status status, const char *fmt, ...)
-{
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
+/* every error of this file is reported into the caller's (err, err_size) buffer */
+#define fail ha_error_to_buffer
 
 static const struct {
     const char *name;

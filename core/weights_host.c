@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error_buffer.h"
 #include "ha_shared.h"
 
 #define WH_FORMAT "hashattn"
@@ -28,19 +29,8 @@ enum { KIND_W, KIND_B, KINDS };
 static const char side_char[SIDES] = {'q', 'k'};
 static const char kind_char[KINDS] = {'w', 'b'};
 
-static ha_status fail(char *err, size_t err_size, ha_status status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static ha_status fail(char *err, size_t err_size, ha_status status, const char *fmt, ...)
-{
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
+/* every error of this file is reported into the caller's (err, err_size) buffer */
+#define fail ha_error_to_buffer
 
 /** Parses s[0..len) as a decimal in [lo, hi]: digits only, at least one. Returns 1 on success. */
 static int parse_decimal(const char *s, size_t len, int64_t lo, int64_t hi, int32_t *out)
