@@ -88,9 +88,13 @@ static ha_status parse(const char *path, json_t *root, lm_config *c)
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
         return lm_fail(HA_ERR_UNSUPPORTED, "%s: hidden_act is not \"silu\"", path);
     ha_status st;
+    double eps;
     if ((st = require_false(path, root, "attention_bias")) != HA_OK ||
-        (st = require_false(path, root, "mlp_bias")) != HA_OK)
+        (st = require_false(path, root, "mlp_bias")) != HA_OK ||
+        (st = check_rope(path, root, &c->rope_theta)) != HA_OK ||
+        (st = get_real(path, root, "rms_norm_eps", 1e-6, &eps)) != HA_OK)
         return st;
+    c->rms_norm_eps = (float)eps;
 
     if ((st = get_int(path, root, "hidden_size", 1, MAX_DIM, -1, &c->hidden_size)) != HA_OK ||
         (st = get_int(path, root, "num_hidden_layers", 1, MAX_LAYERS, -1, &c->num_layers)) != HA_OK ||
@@ -111,11 +115,6 @@ static ha_status parse(const char *path, json_t *root, lm_config *c)
     if (c->head_dim % 2 != 0)
         return lm_fail(HA_ERR_FORMAT, "%s: head_dim = %d is odd (RoPE rotates halves)", path, c->head_dim);
 
-    double eps;
-    if ((st = get_real(path, root, "rms_norm_eps", 1e-6, &eps)) != HA_OK ||
-        (st = check_rope(path, root, &c->rope_theta)) != HA_OK)
-        return st;
-    c->rms_norm_eps = (float)eps;
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     c->tie_embeddings = tie && json_is_true(tie);
     return HA_OK;

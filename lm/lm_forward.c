@@ -220,7 +220,7 @@ ha_status lm_prefill(lm_session *s, const int32_t *tokens, int64_t n, lm_logits_
     for (int64_t i = 0; i < n && st == HA_OK; i += s->chunk) {
         int64_t count = n - i < s->chunk ? n - i : s->chunk;
         int last = i + count == n;
-        lm_logits_mode slice_mode = mode == LM_LOGITS_ALL ? mode : (mode == LM_LOGITS_LAST && last) ? mode : LM_LOGITS_NONE;
+        lm_logits_mode slice_mode = (mode == LM_LOGITS_ALL || last) ? mode : LM_LOGITS_NONE;
         st = prefill_slice(s, tokens + i, count, slice_mode, mode == LM_LOGITS_ALL ? logits + i * V : logits);
     }
     return st;

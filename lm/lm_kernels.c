@@ -4,7 +4,6 @@
  * of the register tile. The AVX-512 build (64-byte vectors, -mfma) keeps an 8×32 tile of C in 16
  * registers; the baseline build uses 16-byte vectors (SSE2 / NEON).
  */
-#include <math.h>
 #include <string.h>
 
 #include "lm_kernels.h"

@@ -217,11 +217,12 @@ static ha_status load_vocab(lm_tokenizer *t, const char *path, const int16_t byt
     json_t *value;
     size_t total = 0;
     json_object_foreach(root, key, value) {
-        if (!json_is_integer(value) || json_integer_value(value) < 0 || json_integer_value(value) >= (json_int_t)count) {
+        json_int_t v = json_is_integer(value) ? json_integer_value(value) : -1;
+        if (v < 0 || v >= (json_int_t)count) {
             st = lm_fail(HA_ERR_FORMAT, "%s: id of \"%s\" is not an integer in [0, %zu)", path, key, count);
             break;
         }
-        size_t id = (size_t)json_integer_value(value);
+        size_t id = (size_t)v;
         if (key_of_id[id]) {
             st = lm_fail(HA_ERR_FORMAT, "%s: id %zu is used twice", path, id);
             break;
