@@ -10,9 +10,15 @@ called directly ("eager", host overhead included where the GPU waits for it) and
 CUDA graph; the speedups compare graph replays. Times are medians of CUDA-event timings, each
 repetition on the next of several input sets whose total exceeds the L2 cache.
 
-Shapes: Llama-3.1-8B decode (Hq 32, Hkv 8, d 128, bf16), B × n from --batches / --lengths, 32× and
-16× sparsity (heavy = n/32, n/16; sink 128, local 128), paper and group mode; random mapping MLPs of
-depth 3 (128→128→128→32) from tools/ha-make-weights.
+Shapes: Llama-3.1-8B decode (Hq 32, Hkv 8, d 128, bf16), B × n from --batches / --lengths (or the
+list --shapes), 32× and 16× sparsity (heavy = n/32, n/16; sink 128, local 128), paper and group
+mode; random mapping MLPs of depth 3 (128→128→128→32) from tools/ha-make-weights.
+
+With --stages, each stage is also timed alone (graph replays of ha_encode_queries, of
+ha_cache_encode_keys for the step's one new key, of ha_match and of ha_attend) against its own byte
+floor: the MLP parameters for an encode, the key codes for match, the kept K, V rows for attend.
+With --profile, only the hashattn steps of each shape run, twice, between cudaProfilerStart and
+cudaProfilerStop (for ncu --profile-from-start off); nothing is timed.
 
     python3 bench/bench_cuda.py --build BUILD_DIR [--json results_cuda.json] [--png results_cuda.png]
 """
@@ -82,6 +88,14 @@ class Lib:
         h.ha_cache_encode_keys.argtypes = [C.c_void_p, C.c_void_p, C.c_int32, C.POINTER(Kv), C.c_int32, C.c_void_p,
                                            C.c_int32, C.c_void_p]
         h.ha_decode_step.argtypes = [C.c_void_p, C.c_void_p, C.c_int32, C.POINTER(Step)]
+        h.ha_encode_queries.argtypes = [C.c_void_p, C.c_int32, C.POINTER(Tensor3), C.c_int32, C.c_void_p, C.c_void_p]
+        h.ha_match.argtypes = [C.c_void_p, C.c_void_p, C.c_int32, C.c_void_p, C.POINTER(Kv), C.c_int32, C.c_void_p,
+                               C.c_void_p, C.c_void_p, C.c_void_p]
+        h.ha_attend.argtypes = [C.c_void_p, C.POINTER(Tensor3), C.POINTER(Kv), C.c_int32, C.c_void_p, C.c_void_p,
+                                C.c_void_p, C.POINTER(Tensor3), C.c_void_p, C.c_void_p]
+        h.ha_plan_selection_heads.restype = C.c_int32
+        h.ha_plan_selection_heads.argtypes = [C.c_void_p]
+        h.ha_plan_max_kept.argtypes = [C.c_void_p]
         for f in ("ha_plan_destroy", "ha_cache_destroy", "ha_weights_free", "ha_runtime_close"):
             getattr(h, f).argtypes = [C.c_void_p]
 
@@ -126,6 +140,30 @@ class InputSet:
         self.step.stream = torch.cuda.current_stream().cuda_stream
         self.lib.ok(self.lib.h.ha_decode_step(plan, self.cache, 0, C.byref(self.step)), "ha_decode_step")
 
+    def stage_buffers(self, plan):
+        """Scratch of the stages run one by one: query codes, indices, counts."""
+        b = self.step.batch
+        sel, kept = self.lib.h.ha_plan_selection_heads(plan), self.lib.h.ha_plan_max_kept(plan)
+        self.codes = torch.empty(b * HQ * ((BITS + 31) // 32), device="cuda", dtype=torch.int32)
+        self.indices = torch.empty(b * sel * kept, device="cuda", dtype=torch.int32)
+        self.counts = torch.empty(b * sel, device="cuda", dtype=torch.int32)
+
+    def stage_fns(self, plan):
+        """The four stages of a step, each alone: (name, function)."""
+        h, st, stream = self.lib.h, self.step, lambda: C.c_void_p(torch.cuda.current_stream().cuda_stream)
+        lens, codes = C.c_void_p(self.lens.data_ptr()), C.c_void_p(self.codes.data_ptr())
+        idx, cnt = C.c_void_p(self.indices.data_ptr()), C.c_void_p(self.counts.data_ptr())
+        return [
+            ("encode_q", lambda: self.lib.ok(h.ha_encode_queries(plan, 0, C.byref(st.q), st.batch, codes, stream()),
+                                             "ha_encode_queries")),
+            ("encode_k", lambda: self.lib.ok(h.ha_cache_encode_keys(plan, self.cache, 0, C.byref(self.kv), st.batch,
+                                                                    lens, 1, stream()), "ha_cache_encode_keys")),
+            ("match", lambda: self.lib.ok(h.ha_match(plan, self.cache, 0, codes, C.byref(self.kv), st.batch, lens, idx,
+                                                     cnt, stream()), "ha_match")),
+            ("attend", lambda: self.lib.ok(h.ha_attend(plan, C.byref(st.q), C.byref(self.kv), st.batch, lens, idx, cnt,
+                                                       C.byref(st.out), None, stream()), "ha_attend")),
+        ]
+
     def sdpa(self):
         return F.scaled_dot_product_attention(self.q.unsqueeze(2), self.k, self.v, enable_gqa=True)
 
@@ -165,6 +203,18 @@ def graphs_of(fns):
     return graphs, [g.replay for g in graphs]
 
 
+def graph_time(fns, reps):
+    """Graph-replay µs of the functions (median over reps replays, rotating as time_calls does)."""
+    graphs, replays = graphs_of(fns)
+    return time_calls(replays, reps)
+
+
+def mlp_param_bytes():
+    """fp32 parameters of one head of the benchmark's mapping MLP (128→128→128→32, weights + biases)."""
+    dims = [D, 128, 128, BITS]
+    return 4 * sum(dims[i] * dims[i + 1] + dims[i + 1] for i in range(len(dims) - 1))
+
+
 def copy_bandwidth():
     """Device-to-device copy bandwidth (bytes read + written per second), copying 1 GiB."""
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -201,7 +251,7 @@ def timed(fns, reps):
     return eager, time_calls(replays, reps)
 
 
-def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps):
+def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=False, profile=False):
     code_heads = HQ if mode == "paper" else HKV
     kv_bytes = 2 * b * HKV * n * D * 2
     set_bytes = kv_bytes + b * code_heads * n * 4
@@ -211,6 +261,22 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps):
     prefill_plan = plan_for(lib, rt, weights, b, n, sparsities[0])
     sets = [InputSet(lib, rt, weights, prefill_plan, Shape(b, n, mode, 0), stream) for _ in range(count)]
     lib.h.ha_plan_destroy(prefill_plan)
+
+    if profile:  # the hashattn steps alone, for a profiler; nothing timed
+        for sp in sparsities:
+            plan = plan_for(lib, rt, weights, b, n, sp)
+            for s in sets:
+                s.hash_step(plan)
+            torch.cuda.synchronize()
+            torch.cuda.profiler.start()
+            for _ in range(2):
+                sets[0].hash_step(plan)
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            lib.h.ha_plan_destroy(plan)
+        for s in sets:
+            s.free()
+        return []
 
     dense = {"dense_floor_us": kv_bytes / bw * 1e6}
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
@@ -230,6 +296,17 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps):
         for name in ("cudnn", "flash"):
             t = r.get(f"sdpa_{name}_us")
             r[f"speedup_vs_{name}"] = t / r["hash_graph_us"] if t else None
+        if stages:
+            sel = lib.h.ha_plan_selection_heads(plan)
+            # an encode reads each head's MLP once for the whole batch
+            floors = {"encode_q": HQ * mlp_param_bytes(), "encode_k": code_heads * mlp_param_bytes(),
+                      "match": b * code_heads * n * 4, "attend": b * sel * kept * D * 2 * 2}
+            for s in sets:
+                s.stage_buffers(plan)
+            per_set = [s.stage_fns(plan) for s in sets]
+            for i, (name, _) in enumerate(per_set[0]):
+                r[f"stage_{name}_us"] = graph_time([fns[i][1] for fns in per_set], reps)
+                r[f"stage_{name}_floor_us"] = floors[name] / bw * 1e6
         lib.h.ha_plan_destroy(plan)
         results.append(r)
     for s in sets:
@@ -278,6 +355,9 @@ def main():
     ap.add_argument("--png", default=None, help="plot of the speedups (needs matplotlib)")
     ap.add_argument("--batches", default="1,8,16")
     ap.add_argument("--lengths", default="8192,32768,131072,524288")
+    ap.add_argument("--shapes", default=None, help="B×n pairs, e.g. 1x8192,16x32768 (instead of batches × lengths)")
+    ap.add_argument("--stages", action="store_true", help="also time each stage alone against its byte floor")
+    ap.add_argument("--profile", action="store_true", help="run only the hashattn steps, inside cudaProfilerStart/Stop")
     ap.add_argument("--modes", default="paper,group")
     ap.add_argument("--sparsities", default="32,16")
     ap.add_argument("--reps", type=int, default=30)
@@ -307,27 +387,35 @@ def main():
         lib.ok(lib.h.ha_weights_load(rt, wpath.encode(), C.byref(weights[mode])), "ha_weights_load")
     sparsities = [int(x) for x in args.sparsities.split(",")]
     fmt = lambda x: f"{x:8.1f}" if x else "     n/a"
-    for b in map(int, args.batches.split(",")):
-        for n in map(int, args.lengths.split(",")):
-            if 2 * b * HKV * n * D * 2 > args.max_kv_gib * (1 << 30):
+    if args.shapes:
+        shapes = [tuple(int(x) for x in pair.split("x")) for pair in args.shapes.split(",")]
+    else:
+        shapes = [(b, n) for b in map(int, args.batches.split(",")) for n in map(int, args.lengths.split(","))]
+    for b, n in shapes:
+        if 2 * b * HKV * n * D * 2 > args.max_kv_gib * (1 << 30):
+            continue
+        for mode, w in weights.items():
+            try:
+                rows = bench_length(lib, rt, w, mode, b, n, sparsities, bw, l2, args.reps, args.stages,
+                                    args.profile)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                print(f"B{b} n{n} {mode}: FAILED: {e}", flush=True)
+                results.append({"batch": b, "n": n, "mode": mode, "error": str(e)})
+                torch.cuda.empty_cache()
                 continue
-            for mode, w in weights.items():
-                try:
-                    rows = bench_length(lib, rt, w, mode, b, n, sparsities, bw, l2, args.reps)
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                    print(f"B{b} n{n} {mode}: FAILED: {e}", flush=True)
-                    results.append({"batch": b, "n": n, "mode": mode, "error": str(e)})
-                    torch.cuda.empty_cache()
-                    continue
-                results.extend(rows)
-                for r in rows:
-                    name = Shape(b, n, mode, r["sparsity"]).name()
-                    print(f"{name:24s} cudnn {fmt(r['sdpa_cudnn_us'])}  flash {fmt(r['sdpa_flash_us'])}  "
-                          f"floor {r['dense_floor_us']:7.1f} | hash {r['hash_graph_us']:7.1f} (eager "
-                          f"{r['hash_eager_us']:7.1f})  floor {r['hash_floor_us']:6.1f} | "
-                          f"x{r['speedup_vs_cudnn'] or 0:5.2f} vs cudnn", flush=True)
-                with open(args.json, "w") as f:  # after every shape: a run cut short keeps what it measured
-                    json.dump({"info": info, "results": results}, f, indent=1)
+            results.extend(rows)
+            for r in rows:
+                name = Shape(b, n, mode, r["sparsity"]).name()
+                print(f"{name:24s} cudnn {fmt(r['sdpa_cudnn_us'])}  flash {fmt(r['sdpa_flash_us'])}  "
+                      f"floor {r['dense_floor_us']:7.1f} | hash {r['hash_graph_us']:7.1f} (eager "
+                      f"{r['hash_eager_us']:7.1f})  floor {r['hash_floor_us']:6.1f} | "
+                      f"x{r['speedup_vs_cudnn'] or 0:5.2f} vs cudnn", flush=True)
+                if "stage_attend_us" in r:
+                    print("    stages µs (floor): " + "  ".join(
+                        f"{k} {r[f'stage_{k}_us']:.1f} ({r[f'stage_{k}_floor_us']:.1f})"
+                        for k in ("encode_q", "encode_k", "match", "attend")), flush=True)
+            with open(args.json, "w") as f:  # after every shape: a run cut short keeps what it measured
+                json.dump({"info": info, "results": results}, f, indent=1)
     for w in weights.values():
         lib.h.ha_weights_free(w)
     lib.h.ha_runtime_close(rt)

@@ -43,15 +43,7 @@ step() {
   return $rc
 }
 
-command -v nvcc >/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin; }
-if ! pkg-config --exists cmocka jansson 2>/dev/null && compgen -G ".device-deps/*.deb" >/dev/null; then
-  deps=$work/deps
-  for f in .device-deps/*.deb; do dpkg -x "$f" "$deps"; done
-  export PKG_CONFIG_PATH=$deps/usr/lib/x86_64-linux-gnu/pkgconfig
-  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  # the .pc files hold absolute paths (prefix=/usr, -I/usr/include, -L/usr/lib/...)
-  sed -i -E "s#(=|-I|-L)/usr#\1$deps/usr#g" "$PKG_CONFIG_PATH"/cmocka.pc "$PKG_CONFIG_PATH"/jansson.pc
-fi
+source scripts/device_deps.sh "$work/deps"
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 
 say "hashattn device test, $(date -u +%Y-%m-%dT%H:%M:%SZ), build dir $build"

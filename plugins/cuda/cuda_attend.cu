@@ -1,21 +1,26 @@
 /*
  * cuda_attend.cu — the attend stage: exact attention over an index list (or every token), a
- * split-sequence flash decode. A work unit is the set of query heads that share both a KV head and
+ * split-sequence flash decode.
+ *
+ * A work unit is the set of query heads (at most CU_ATTEND_MAX_HEADS) that share both a KV head and
  * a token list (a GQA group in group mode and dense, one head in paper mode), so each K, V row is
- * fetched once per unit. A block takes one split of one unit's token list and walks it in tiles:
- * gather the tile's K and V rows into shared memory (fp32), logits by warp-wide dot products, an
- * online softmax per head, and fp32 accumulators in registers (CU_ATTEND_ACC per thread). With one
- * split the block writes the output; otherwise each split leaves (m, l, partial sums) and a merge
- * kernel combines them by their log-sum-exp.
+ * fetched once per unit. A block takes one split of one unit's token list: it stages the split's
+ * token ids in shared memory, and each warp walks its own share of them. A K or V row spreads over
+ * `lanes_per_row` lanes (16-byte loads where the layout allows, one element at a time otherwise), so
+ * a warp takes 32 / lanes_per_row rows per load, U rows per lane group in flight at once. Each lane
+ * group ("slot") keeps its own online softmax (running max m and sum l per head, base 2) and its
+ * slice of the fp32 accumulators in registers: no barrier inside the token loop. At the end the
+ * block merges its slots through shared memory; with one split it writes the output, otherwise the
+ * split's (m, l, sums) go to the plan's scratch and the last split of the unit to finish (a counter
+ * per unit) merges them all by their log-sum-exp and writes the output.
  */
+#include <cuda_fp16.h>
 #include <math.h>
 
 #include "cuda_device.cuh"
 
-#define CU_MERGE_THREADS 128
-/* Floats a K or V tile holds: its token count is this over head_dim (at most 32). */
-#define CU_ATTEND_TILE_FLOATS 4096
-#define CU_ATTEND_MAX_TILE 32
+/* Tokens whose K and V row offsets a block stages in shared memory at a time. */
+#define CU_ATTEND_STAGE 512
 
 typedef struct attend_params {
     ha_rows q;
@@ -34,37 +39,166 @@ typedef struct attend_params {
     int32_t unit_heads;    /**< query heads of one block             */
     int32_t units_per_seq;
     int32_t splits;
-    int32_t tile;          /**< tokens per tile                      */
-    float scale;
+    int32_t lanes_per_row; /**< a power of two ≤ 32                  */
+    float scale_log2;      /**< scale × log2(e): logits in base 2    */
     void *out;
     ha_dtype out_dtype;
     int64_t out_stride_seq;
     int64_t out_stride_head;
     float *lse;
     float *partials;       /**< [batch × q_heads][splits][head_dim + 2] when splits > 1 */
+    uint32_t *arrived;     /**< [units]: splits done                 */
     int64_t max_tokens;
 } attend_params;
+
+/* ---- loading K, V: VEC elements of dtype DT at once, as floats ------------------------------------------ */
+
+template <int DT, int VEC> struct kv_load;
+
+template <> struct kv_load<HA_F32, 4> {
+    typedef float4 raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const float4 *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f)
+    {
+        f[0] = r.x;
+        f[1] = r.y;
+        f[2] = r.z;
+        f[3] = r.w;
+    }
+};
+
+/* 8 half-precision values in 4 words; bf16 is the top half of an fp32 */
+template <> struct kv_load<HA_BF16, 8> {
+    typedef uint4 raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const uint4 *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f)
+    {
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+
+template <> struct kv_load<HA_F16, 8> {
+    typedef uint4 raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const uint4 *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f)
+    {
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 x = __half22float2(*(const __half2 *)&w[i]);
+            f[2 * i] = x.x;
+            f[2 * i + 1] = x.y;
+        }
+    }
+};
+
+template <> struct kv_load<HA_F32, 1> {
+    typedef float raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const float *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = r; }
+};
+
+template <> struct kv_load<HA_BF16, 1> {
+    typedef unsigned short raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const unsigned short *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = __uint_as_float((uint32_t)r << 16); }
+};
+
+template <> struct kv_load<HA_F16, 1> {
+    typedef unsigned short raw;
+    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const unsigned short *)p); }
+    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = __half2float(__ushort_as_half(r)); }
+};
 
 static __device__ __forceinline__ void store_out(const attend_params &p, int32_t b, int32_t h, int32_t i, float x)
 {
     void *row = (char *)p.out + (b * p.out_stride_seq + h * p.out_stride_head) * (int64_t)ha_elem_size(p.out_dtype);
-    ha_store_f32(row, p.out_dtype, i, x);
+    cu_store_f32(row, p.out_dtype, i, x);
 }
 
-static __global__ void __launch_bounds__(CU_ATTEND_THREADS) attend_kernel(const attend_params p)
+/* Shared memory of a block (floats): the staged K and V offsets, then per slot its (m, l) and sums of every head, then the
+ * split weights of the final merge. */
+static __host__ __device__ __forceinline__ size_t attend_smem_floats(int32_t slots, int32_t heads, int32_t dim)
 {
-    extern __shared__ float smem[];
-    const int d = p.head_dim, H = p.unit_heads, TL = p.tile;
-    float *q_s = smem;         /* [H][d], scaled         */
-    float *k_s = q_s + H * d;  /* [TL][d]                */
-    float *v_s = k_s + TL * d; /* [TL][d]                */
-    float *p_s = v_s + TL * d; /* [H][TL] logits, weights */
-    float *m_s = p_s + H * TL; /* [H] running max         */
-    float *l_s = m_s + H;      /* [H] running sum         */
-    float *alpha_s = l_s + H;  /* [H] rescale of the tile */
-    int32_t *tok_s = (int32_t *)(alpha_s + H); /* [TL] token ids, -1 = none */
+    return 4 * CU_ATTEND_STAGE + (size_t)slots * heads * (dim + 2) + (size_t)CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2);
+}
+
+/* ---- the merges ---------------------------------------------------------------------------------------- */
+
+/* The last split of a unit to finish: combines every split's (m, l, sums), weights 2^(m_c − max m). */
+static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h0, float *weight, float *total,
+                                    float *top)
+{
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-    const size_t q_elem = ha_elem_size(p.q.dtype), k_elem = ha_elem_size(p.k.dtype), v_elem = ha_elem_size(p.v.dtype);
+    const int H = p.unit_heads, d = p.head_dim, S = p.splits;
+    const int64_t slot_floats = d + 2;
+    for (int h = warp; h < H; h += warps) {
+        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats;
+        float m = -INFINITY;
+        for (int c = lane; c < S; c += 32)
+            if (__ldcg(first + c * slot_floats + 1) > 0.0f)
+                m = fmaxf(m, __ldcg(first + c * slot_floats));
+        m = cu_warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < S; c += 32) {
+            const float lc = __ldcg(first + c * slot_floats + 1);
+            const float wc = lc > 0.0f ? exp2f(__ldcg(first + c * slot_floats) - m) : 0.0f;
+            weight[h * CU_ATTEND_MAX_SPLITS + c] = wc;
+            l += wc * lc;
+        }
+        l = cu_warp_sum(l);
+        if (lane == 0) {
+            total[h] = l;
+            top[h] = m;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < H * d; e += blockDim.x) {
+        const int h = e / d, i = e % d;
+        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats;
+        float a = 0.0f;
+        for (int c = 0; c < S; c++) {
+            const float wc = weight[h * CU_ATTEND_MAX_SPLITS + c];
+            if (wc > 0.0f)
+                a = fmaf(wc, __ldcg(first + c * slot_floats + 2 + i), a);
+        }
+        const float l = total[h];
+        store_out(p, b, h0 + h, i, l > 0.0f ? a / l : 0.0f);
+        if (i == 0 && p.lse)
+            p.lse[(int64_t)b * p.q_heads + h0 + h] = l > 0.0f ? (top[h] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+
+/* ---- the kernel ---------------------------------------------------------------------------------------- */
+
+/*
+ * DT: dtype of K and V; VEC: elements per load (16 bytes, or 1); HMAX: most heads per unit; U: rows
+ * a lane group has in flight; MIN_BLOCKS: blocks per SM the registers must allow.
+ */
+template <int DT, int VEC, int HMAX, int U, int MIN_BLOCKS>
+static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_kernel(const attend_params p)
+{
+    typedef kv_load<DT, VEC> io;
+    constexpr int NV = CU_ATTEND_LANE_ELEMS / VEC; /* loads per row per lane */
+    constexpr int E = NV * VEC;                    /* elements per lane      */
+    extern __shared__ __align__(16) float smem[];
+    __shared__ float total_s[CU_ATTEND_MAX_HEADS], top_s[CU_ATTEND_MAX_HEADS];
+    __shared__ bool last_s;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    const int d = p.head_dim, H = p.unit_heads, LPR = p.lanes_per_row, RPW = 32 / LPR;
+    const int sub = lane & (LPR - 1), row_in_step = lane / LPR, slots = warps * RPW, slot = warp * RPW + row_in_step;
+    const int vpr = d / VEC; /* loads per row */
+    int64_t *k_off = (int64_t *)smem, *v_off = k_off + CU_ATTEND_STAGE; /* bytes from k.data, v.data; -1: none */
+    float *slot_ml = smem + 4 * CU_ATTEND_STAGE; /* [slots][H][2]  */
+    float *slot_acc = slot_ml + slots * H * 2;  /* [slots][H][d]  */
+    float *weight = slot_acc + slots * H * d;   /* [HMAX][MAX_SPLITS] */
+    const size_t q_elem = ha_elem_size(p.q.dtype), kv_elem = ha_elem_size((ha_dtype)DT);
+    const char *k_data = (const char *)p.k.data, *v_data = (const char *)p.v.data;
     const int64_t work = (int64_t)p.batch * p.units_per_seq * p.splits;
 
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
@@ -82,155 +216,218 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS) attend_kernel(const 
         }
         const int64_t p0 = len * split / p.splits, p1 = len * (split + 1) / p.splits;
 
-        __syncthreads(); /* the previous unit is done with shared memory */
-        for (int e = tid; e < H * d; e += blockDim.x)
-            q_s[e] = ha_load_f32(cu_row(p.q, q_elem, b, h0 + e / d, 0), p.q.dtype, e % d) * p.scale;
-        if (tid < H) {
-            m_s[tid] = -INFINITY;
-            l_s[tid] = 0.0f;
+        /* this lane's elements of each query, scaled to base-2 logits */
+        float q[HMAX][E], acc[HMAX][E], m[HMAX], l[HMAX];
+#pragma unroll
+        for (int h = 0; h < HMAX; h++) {
+            const void *qrow = cu_row(p.q, q_elem, b, h0 + (h < H ? h : 0), 0);
+#pragma unroll
+            for (int c = 0; c < NV; c++) {
+                const int vi = c * LPR + sub;
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    q[h][c * VEC + j] = h < H && vi < vpr ? cu_load_f32(qrow, p.q.dtype, vi * VEC + j) * p.scale_log2 : 0.0f;
+            }
+#pragma unroll
+            for (int e = 0; e < E; e++)
+                acc[h][e] = 0.0f;
+            m[h] = -INFINITY;
+            l[h] = 0.0f;
         }
-        float acc[CU_ATTEND_ACC];
-#pragma unroll
-        for (int i = 0; i < CU_ATTEND_ACC; i++)
-            acc[i] = 0.0f;
 
-        for (int64_t base = p0; base < p1; base += TL) {
-            const int tn = p1 - base < TL ? (int)(p1 - base) : TL;
-            if (tid < tn) { /* an index outside [0, n) (bad device input) is skipped, never read */
-                const int64_t t = list ? list[base + tid] : base + tid;
-                tok_s[tid] = t >= 0 && t < n ? (int32_t)t : -1;
+        for (int64_t stage = p0; stage < p1; stage += CU_ATTEND_STAGE) {
+            const int sn = p1 - stage < CU_ATTEND_STAGE ? (int)(p1 - stage) : CU_ATTEND_STAGE;
+            __syncthreads(); /* the staged offsets are free again */
+            for (int i = tid; i < sn; i += blockDim.x) { /* an index outside [0, n) is skipped, never read */
+                const int64_t t = list ? list[stage + i] : stage + i;
+                const bool ok = t >= 0 && t < n;
+                k_off[i] = ok ? cu_rows_offset(p.k, b, kv_head, t) * (int64_t)kv_elem : -1;
+                v_off[i] = ok ? cu_rows_offset(p.v, b, kv_head, t) * (int64_t)kv_elem : -1;
             }
             __syncthreads();
-            for (int e = tid; e < tn * d; e += blockDim.x) {
-                const int j = e / d, i = e % d, t = tok_s[j];
-                k_s[e] = t >= 0 ? ha_load_f32(cu_row(p.k, k_elem, b, kv_head, t), p.k.dtype, i) : 0.0f;
-                v_s[e] = t >= 0 ? ha_load_f32(cu_row(p.v, v_elem, b, kv_head, t), p.v.dtype, i) : 0.0f;
-            }
-            __syncthreads();
-            for (int pair = warp; pair < H * tn; pair += warps) {
-                const int h = pair / tn, j = pair % tn;
-                float s = 0.0f;
-                for (int i = lane; i < d; i += 32)
-                    s = fmaf(q_s[h * d + i], k_s[j * d + i], s);
-                s = cu_warp_sum(s);
-                if (lane == 0)
-                    p_s[h * TL + j] = tok_s[j] >= 0 ? s : -INFINITY;
-            }
-            __syncthreads();
-            for (int h = warp; h < H; h += warps) {
-                float mx = -INFINITY;
-                for (int j = lane; j < tn; j += 32)
-                    mx = fmaxf(mx, p_s[h * TL + j]);
-                mx = cu_warp_max(mx);
-                const float m_old = m_s[h], m_new = fmaxf(m_old, mx);
-                float sum = 0.0f;
-                for (int j = lane; j < tn; j += 32) {
-                    const float x = p_s[h * TL + j];
-                    const float e = x == -INFINITY ? 0.0f : expf(x - m_new);
-                    p_s[h * TL + j] = e;
-                    sum += e;
-                }
-                sum = cu_warp_sum(sum);
-                __syncwarp(); /* every lane has read m_s[h] before lane 0 replaces it */
-                if (lane == 0) {
-                    const float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-                    alpha_s[h] = alpha;
-                    l_s[h] = l_s[h] * alpha + sum;
-                    m_s[h] = m_new;
-                }
-            }
-            __syncthreads();
+#pragma unroll 1
+            for (int i0 = warp * RPW * U; i0 < sn; i0 += warps * RPW * U) {
+                bool has[U];
+                typename io::raw kr[U][NV], vr[U][NV];
 #pragma unroll
-            for (int i = 0; i < CU_ATTEND_ACC; i++) {
-                const int e = tid + i * CU_ATTEND_THREADS;
-                if (e < H * d) {
-                    const int h = e / d, dim = e % d;
-                    float a = acc[i] * alpha_s[h];
-                    for (int j = 0; j < tn; j++)
-                        a = fmaf(p_s[h * TL + j], v_s[j * d + dim], a);
-                    acc[i] = a;
-                }
-            }
-            __syncthreads(); /* the tile buffers are refilled next */
-        }
-        __syncthreads(); /* m_s, l_s as the last tile left them (or as initialized) */
-
-        if (p.splits == 1) {
+                for (int u = 0; u < U; u++) {
+                    const int i = i0 + u * RPW + row_in_step;
+                    const int64_t ko = i < sn ? k_off[i] : -1, vo = i < sn ? v_off[i] : -1;
+                    has[u] = ko >= 0;
 #pragma unroll
-            for (int i = 0; i < CU_ATTEND_ACC; i++) {
-                const int e = tid + i * CU_ATTEND_THREADS;
-                if (e < H * d) {
-                    const int h = e / d, dim = e % d;
-                    const float l = l_s[h];
-                    store_out(p, b, h0 + h, dim, l > 0.0f ? acc[i] / l : 0.0f);
+                    for (int c = 0; c < NV; c++) {
+                        const int vi = c * LPR + sub;
+                        kr[u][c] = typename io::raw{};
+                        vr[u][c] = typename io::raw{};
+                        if (has[u] && vi < vpr) {
+                            kr[u][c] = io::load(k_data + ko + (size_t)vi * VEC * kv_elem);
+                            vr[u][c] = io::load(v_data + vo + (size_t)vi * VEC * kv_elem);
+                        }
+                    }
                 }
-            }
-            if (tid < H && p.lse)
-                p.lse[(int64_t)b * p.q_heads + h0 + tid] = l_s[tid] > 0.0f ? m_s[tid] + logf(l_s[tid]) : -INFINITY;
-        } else {
-            const int64_t slot_floats = d + 2;
+                /* logits: the lane's partial dot products, summed over the row's lanes */
+                float s[U][HMAX];
 #pragma unroll
-            for (int i = 0; i < CU_ATTEND_ACC; i++) {
-                const int e = tid + i * CU_ATTEND_THREADS;
-                if (e < H * d) {
-                    const int h = e / d, dim = e % d;
-                    const int64_t row = (int64_t)b * p.q_heads + h0 + h;
-                    p.partials[(row * p.splits + split) * slot_floats + 2 + dim] = acc[i];
+                for (int u = 0; u < U; u++) {
+                    float kf[E];
+#pragma unroll
+                    for (int c = 0; c < NV; c++)
+                        io::unpack(kr[u][c], kf + c * VEC);
+#pragma unroll
+                    for (int h = 0; h < HMAX; h++) {
+                        float x = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < E; e++)
+                            x = fmaf(q[h][e], kf[e], x);
+                        s[u][h] = x;
+                    }
                 }
-            }
-            if (tid < H) {
-                float *slot = p.partials + (((int64_t)b * p.q_heads + h0 + tid) * p.splits + split) * slot_floats;
-                slot[0] = m_s[tid];
-                slot[1] = l_s[tid];
+                for (int o = LPR >> 1; o > 0; o >>= 1) {
+#pragma unroll
+                    for (int u = 0; u < U; u++)
+#pragma unroll
+                        for (int h = 0; h < HMAX; h++)
+                            s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+                }
+                /* online softmax of this slot: rescale by 2^(m_old − m_new), weights 2^(s − m_new) */
+                float pw[U][HMAX];
+#pragma unroll
+                for (int h = 0; h < HMAX; h++) {
+                    float mx = m[h];
+#pragma unroll
+                    for (int u = 0; u < U; u++)
+                        if (has[u])
+                            mx = fmaxf(mx, s[u][h]);
+                    const float alpha = m[h] == -INFINITY ? 0.0f : exp2f(m[h] - mx);
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        pw[u][h] = has[u] ? exp2f(s[u][h] - mx) : 0.0f;
+                        sum += pw[u][h];
+                    }
+                    l[h] = l[h] * alpha + sum;
+                    m[h] = mx;
+#pragma unroll
+                    for (int e = 0; e < E; e++)
+                        acc[h][e] *= alpha;
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    float vf[E];
+#pragma unroll
+                    for (int c = 0; c < NV; c++)
+                        io::unpack(vr[u][c], vf + c * VEC);
+#pragma unroll
+                    for (int h = 0; h < HMAX; h++)
+#pragma unroll
+                        for (int e = 0; e < E; e++)
+                            acc[h][e] = fmaf(pw[u][h], vf[e], acc[h][e]);
+                }
             }
         }
-    }
-}
 
-/* Combines the splits of one query head: weights exp(m_c − max m) rescale each split's sums. */
-static __global__ void __launch_bounds__(CU_MERGE_THREADS) attend_merge_kernel(const attend_params p)
-{
-    __shared__ float weight[CU_ATTEND_MAX_SPLITS];
-    __shared__ float total_s, max_s;
-    const int64_t rows = (int64_t)p.batch * p.q_heads, slot_floats = p.head_dim + 2;
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float *first = p.partials + row * p.splits * slot_floats;
-        __syncthreads(); /* the previous row is done with weight[] */
-        if (threadIdx.x < 32) {
-            float m = -INFINITY;
-            for (int c = threadIdx.x; c < p.splits; c += 32)
-                if (first[c * slot_floats + 1] > 0.0f)
-                    m = fmaxf(m, first[c * slot_floats]);
-            m = cu_warp_max(m);
-            float l = 0.0f;
-            for (int c = threadIdx.x; c < p.splits; c += 32) {
-                const float lc = first[c * slot_floats + 1];
-                weight[c] = lc > 0.0f ? expf(first[c * slot_floats] - m) : 0.0f;
-                l += weight[c] * lc;
+        /* merge the block's slots */
+        __syncthreads(); /* the previous unit's merge is done with the slot area */
+#pragma unroll
+        for (int h = 0; h < HMAX; h++) {
+            if (h >= H)
+                break;
+            if (sub == 0) {
+                slot_ml[(slot * H + h) * 2] = m[h];
+                slot_ml[(slot * H + h) * 2 + 1] = l[h];
             }
-            l = cu_warp_sum(l);
-            if (threadIdx.x == 0) {
-                total_s = l;
-                max_s = m;
+#pragma unroll
+            for (int c = 0; c < NV; c++) {
+                const int vi = c * LPR + sub;
+                if (vi < vpr) {
+#pragma unroll
+                    for (int j = 0; j < VEC; j++)
+                        slot_acc[(slot * H + h) * d + vi * VEC + j] = acc[h][c * VEC + j];
+                }
             }
         }
         __syncthreads();
-        const float l = total_s, inv = l > 0.0f ? 1.0f / l : 0.0f;
-        const int32_t b = (int32_t)(row / p.q_heads), h = (int32_t)(row % p.q_heads);
-        for (int i = threadIdx.x; i < p.head_dim; i += blockDim.x) {
-            float a = 0.0f;
-#pragma unroll 1 /* unrolled, the remainder's loads may be merged and read past splits */
-            for (int c = 0; c < p.splits; c++)
-                if (weight[c] > 0.0f)
-                    a = fmaf(weight[c], first[c * slot_floats + 2 + i], a);
-            store_out(p, b, h, i, a * inv);
+        for (int e = tid; e < H * d; e += blockDim.x) {
+            const int h = e / d, i = e % d;
+            float M = -INFINITY;
+            for (int k = 0; k < slots; k++)
+                if (slot_ml[(k * H + h) * 2 + 1] > 0.0f)
+                    M = fmaxf(M, slot_ml[(k * H + h) * 2]);
+            float L = 0.0f, A = 0.0f;
+            for (int k = 0; k < slots; k++) {
+                const float lk = slot_ml[(k * H + h) * 2 + 1];
+                if (lk > 0.0f) {
+                    const float wk = exp2f(slot_ml[(k * H + h) * 2] - M);
+                    L = fmaf(wk, lk, L);
+                    A = fmaf(wk, slot_acc[(k * H + h) * d + i], A);
+                }
+            }
+            if (p.splits == 1) {
+                store_out(p, b, h0 + h, i, L > 0.0f ? A / L : 0.0f);
+                if (i == 0 && p.lse)
+                    p.lse[(int64_t)b * p.q_heads + h0 + h] = L > 0.0f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
+            } else {
+                float *part = p.partials + (((int64_t)b * p.q_heads + h0 + h) * p.splits + split) * (d + 2);
+                part[2 + i] = A;
+                if (i == 0) {
+                    part[0] = M;
+                    part[1] = L;
+                }
+            }
         }
-        if (threadIdx.x == 0 && p.lse)
-            p.lse[row] = l > 0.0f ? max_s + logf(l) : -INFINITY;
+        if (p.splits == 1)
+            continue;
+        /* the last split of the unit to get here merges them (and resets the counter for the next launch) */
+        __threadfence();
+        __syncthreads();
+        if (tid == 0)
+            last_s = atomicAdd(&p.arrived[unit], 1u) == (uint32_t)p.splits - 1u;
+        __syncthreads();
+        if (!last_s)
+            continue;
+        __threadfence();
+        merge_splits(p, b, h0, weight, total_s, top_s);
+        if (tid == 0)
+            p.arrived[unit] = 0;
     }
 }
 
 /* ---- host side ---------------------------------------------------------------------------------------- */
+
+typedef void (*attend_kernel_fn)(const attend_params);
+
+/* The instance for the KV dtype, the load width and the heads per unit. */
+template <int DT, int VEC>
+static attend_kernel_fn pick(int32_t heads)
+{
+    if constexpr (VEC == 1) { /* unaligned layouts: one instance */
+        (void)heads;
+        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 1, 1>;
+    } else {
+        if (heads <= 1) /* fp32 rows take twice the registers */
+            return attend_kernel<DT, VEC, 1, DT == HA_F32 ? 4 : 8, 2>;
+        if (heads <= 2)
+            return attend_kernel<DT, VEC, 2, 4, 2>;
+        if (heads <= 4)
+            return attend_kernel<DT, VEC, 4, 2, 2>;
+        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 2, 1>;
+    }
+}
+
+template <int DT>
+static attend_kernel_fn pick_width(bool vector, int32_t heads)
+{
+    return vector ? pick<DT, 16 / (DT == HA_F32 ? 4 : 2)>(heads) : pick<DT, 1>(heads);
+}
+
+static attend_kernel_fn pick_kernel(ha_dtype dt, bool vector, int32_t heads)
+{
+    switch (dt) {
+    case HA_F16: return pick_width<HA_F16>(vector, heads);
+    case HA_BF16: return pick_width<HA_BF16>(vector, heads);
+    default: return pick_width<HA_F32>(vector, heads);
+    }
+}
 
 static int32_t gcd32(int32_t x, int32_t y)
 {
@@ -242,16 +439,29 @@ static int32_t gcd32(int32_t x, int32_t y)
     return x;
 }
 
-static size_t attend_smem(int32_t heads, int32_t dim, int32_t tile)
+/* 16-byte loads need every row to start 16-byte aligned and to be whole 16-byte pieces. */
+static bool rows_aligned(const ha_rows &r, int32_t dim, size_t elem)
 {
-    return ((size_t)heads * dim + 2 * (size_t)tile * dim + (size_t)heads * tile + 3 * (size_t)heads + (size_t)tile) *
-           sizeof(float);
+    const int64_t bytes[4] = {(int64_t)dim, r.stride_seq, r.stride_token, r.stride_head};
+    if ((uintptr_t)r.data % 16 != 0)
+        return false;
+    for (int i = 0; i < 4; i++)
+        if (bytes[i] * (int64_t)elem % 16 != 0)
+            return false;
+    return true;
 }
 
 ha_status cu_attend_prepare(const cu_ctx *ctx)
 {
-    ha_status st = cu_prepare_kernel(attend_kernel, ctx, "cuda init: attend kernel");
-    return st != HA_OK ? st : cu_prepare_kernel(attend_merge_kernel, ctx, "cuda init: attend merge kernel");
+    const ha_dtype types[3] = {HA_F32, HA_F16, HA_BF16};
+    const int32_t heads[4] = {1, 2, 4, CU_ATTEND_MAX_HEADS};
+    ha_status st = HA_OK;
+    for (int t = 0; t < 3 && st == HA_OK; t++) {
+        st = cu_prepare_kernel(pick_kernel(types[t], false, 1), ctx, "cuda init: attend kernel");
+        for (int h = 0; h < 4 && st == HA_OK; h++)
+            st = cu_prepare_kernel(pick_kernel(types[t], true, heads[h]), ctx, "cuda init: attend kernel");
+    }
+    return st;
 }
 
 ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a)
@@ -265,6 +475,9 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
         return cu_fail(HA_ERR_STATE, "cuda attend: batch %d, head_dim %d, group %d exceed this plan's (%d, %d, %d)",
                        a->batch, a->head_dim, a->q_heads / a->kv_heads, plan->desc.max_batch, plan->desc.head_dim,
                        plan->desc.q_heads / plan->desc.kv_heads);
+    if (a->k.dtype != a->v.dtype)
+        return cu_fail(HA_ERR_UNSUPPORTED, "cuda attend: K and V of different dtypes (%d, %d)", (int)a->k.dtype,
+                       (int)a->v.dtype);
     if (a->batch <= 0)
         return HA_OK;
 
@@ -283,23 +496,28 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     p.sel_heads = a->indices ? a->sel_heads : a->q_heads;
     p.per_sel = a->q_heads / p.sel_heads;
     p.head_dim = a->head_dim;
-    p.tile = CU_ATTEND_TILE_FLOATS / a->head_dim;
-    p.tile = p.tile < 1 ? 1 : p.tile > CU_ATTEND_MAX_TILE ? CU_ATTEND_MAX_TILE : p.tile;
-    /* heads sharing a KV head and (with indices) an index row; as many per block as the
-     * accumulators and the logit buffer allow (a divisor, so every block has the same count) */
+    /* heads sharing a KV head and (with indices) an index row, at most CU_ATTEND_MAX_HEADS per block
+     * (a divisor, so every block has the same count) */
     const int32_t shared = a->indices ? gcd32(p.per_sel, p.group) : p.group;
-    p.unit_heads = shared;
-    while (p.unit_heads > 1 && ((int64_t)p.unit_heads * p.head_dim > CU_MAX_HEAD_DIM ||
-                                (int64_t)p.unit_heads * p.tile > CU_ATTEND_TILE_FLOATS / 2 || shared % p.unit_heads))
+    p.unit_heads = shared < CU_ATTEND_MAX_HEADS ? shared : CU_ATTEND_MAX_HEADS;
+    while (shared % p.unit_heads)
         p.unit_heads--;
     p.units_per_seq = a->q_heads / p.unit_heads;
-    p.scale = a->scale;
+    p.scale_log2 = a->scale * 1.44269504088896341f;
     p.out = a->out;
     p.out_dtype = a->out_dtype;
     p.out_stride_seq = a->out_stride_seq;
     p.out_stride_head = a->out_stride_head;
     p.lse = a->lse;
     p.max_tokens = plan->desc.max_tokens;
+
+    const size_t kv_elem = ha_elem_size(a->k.dtype);
+    const bool vector = rows_aligned(a->k, a->head_dim, kv_elem) && rows_aligned(a->v, a->head_dim, kv_elem);
+    const int32_t vec = vector ? (int32_t)(16 / kv_elem) : 1;
+    const int32_t loads_per_lane = CU_ATTEND_LANE_ELEMS / vec, loads_per_row = a->head_dim / vec;
+    p.lanes_per_row = 1;
+    while (p.lanes_per_row * loads_per_lane < loads_per_row)
+        p.lanes_per_row <<= 1; /* ≤ 32: head_dim ≤ CU_MAX_HEAD_DIM (plan_create) */
 
     const int64_t units = (int64_t)a->batch * p.units_per_seq;
     const int64_t longest = a->indices && a->index_stride < p.max_tokens ? a->index_stride : p.max_tokens;
@@ -308,16 +526,15 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
         p.splits = (int32_t)(plan->partial_slots / ((int64_t)a->batch * a->q_heads)); /* never happens: see plan */
     p.splits = p.splits < 1 ? 1 : p.splits;
     p.partials = plan->partials;
+    p.arrived = plan->attend_arrived;
 
-    const size_t smem = attend_smem(p.unit_heads, p.head_dim, p.tile);
+    const int32_t slots = (CU_ATTEND_THREADS / 32) * (32 / p.lanes_per_row);
+    const size_t smem = attend_smem_floats(slots, p.unit_heads, p.head_dim) * sizeof(float);
     if (smem > ctx->smem_optin)
         return cu_fail(HA_ERR_UNSUPPORTED, "cuda attend: %d heads × head_dim %d need %zu bytes of shared memory",
                        p.unit_heads, p.head_dim, smem);
     cudaStream_t stream = (cudaStream_t)a->stream;
-    attend_kernel<<<cu_grid(units * p.splits), CU_ATTEND_THREADS, smem, stream>>>(p);
-    ha_status st = cu_check(cudaGetLastError(), "cuda attend: kernel launch");
-    if (st != HA_OK || p.splits == 1)
-        return st;
-    attend_merge_kernel<<<cu_grid((int64_t)a->batch * a->q_heads), CU_MERGE_THREADS, 0, stream>>>(p);
-    return cu_check(cudaGetLastError(), "cuda attend: merge kernel launch");
+    attend_kernel_fn kernel = pick_kernel(a->k.dtype, vector, p.unit_heads);
+    kernel<<<cu_grid(units * p.splits), CU_ATTEND_THREADS, smem, stream>>>(p);
+    return cu_check(cudaGetLastError(), "cuda attend: kernel launch");
 }

@@ -1,101 +1,216 @@
 /*
- * cuda_encode.cu — the encode stage: vectors → sign bits of the mapping MLP. A block runs a tile of
- * up to TILE tokens of one (sequence, MLP head) through every layer: activations stay in shared
- * memory, each thread computes one output for all tokens of the tile (so each weight is read once
- * per tile, coalesced across the block), and the last layer's signs are packed 32 at a time with a
- * warp ballot.
+ * cuda_encode.cu — the encode stage: vectors → sign bits of the mapping MLP.
+ *
+ * A block runs a tile of up to TILE rows (tokens, across sequences) of one MLP head through every
+ * layer. The head's parameters (cu_mlp: one contiguous block per head) are copied to shared memory
+ * with 16-byte asynchronous copies, one commit group per layer, so layer 0 computes while the later
+ * layers still arrive; the activations stay in shared memory. Where the parameters do not fit, the
+ * block reads them from global memory instead (the same code, another pointer).
+ *
+ * A layer's outputs are padded to whole warps; thread (slice s, output o) sums the inputs of its
+ * slice for every row of the tile (each weight read once per tile, 4 inputs per shared-memory
+ * read), a second pass adds the slices and the bias and applies SiLU, or, after the last layer,
+ * packs the signs 32 at a time with a warp ballot.
+ *
+ * One launch can run two jobs (the new keys and the queries of a decode step): the blocks of job 0
+ * come first.
  */
 #include "cuda_device.cuh"
 
-typedef struct encode_params {
+typedef struct encode_job {
     ha_rows in;
     ha_rows out;
-    int32_t heads;         /**< MLP heads                         */
-    int32_t per_in_head;   /**< MLP heads reading one input head  */
-    int32_t depth;
+    const float *params;   /**< cu_mlp storage: [heads][head_floats]  */
+    int64_t head_floats;
+    int64_t w_off[HA_PLUGIN_MAX_MLP_DEPTH];
+    int64_t b_off[HA_PLUGIN_MAX_MLP_DEPTH];
     int32_t dims[HA_PLUGIN_MAX_MLP_DEPTH + 1];
-    const float *wt[HA_PLUGIN_MAX_MLP_DEPTH];
-    const float *bias[HA_PLUGIN_MAX_MLP_DEPTH];
-    int32_t width;         /**< row stride of the activation buffers (widest layer input) */
-    int32_t words;         /**< code words written per token       */
+    int32_t depth;
+    int32_t heads;         /**< MLP heads                             */
+    int32_t per_in_head;   /**< MLP heads reading one input head      */
+    int32_t words;         /**< code words written per token          */
     int32_t batch;
-    int32_t count;
+    int32_t count;         /**< tokens per sequence, ≤ max_tokens     */
     const int32_t *end;
     int64_t max_tokens;
-    int64_t tiles;         /**< tiles per (sequence, head)         */
+    int64_t rows;          /**< batch × count                          */
+    int64_t tiles;         /**< tiles of rows per head                 */
+    int64_t blocks;        /**< heads × tiles                          */
+} encode_job;
+
+typedef struct encode_params {
+    encode_job job[2];
+    int32_t jobs;
+    bool staged;           /**< parameters copied to shared memory    */
+    int64_t param_floats;  /**< shared floats reserved for them        */
+    int32_t act_stride;    /**< floats per row of an activation buffer (a multiple of 4) */
+    int32_t red_stride;    /**< floats per row of the partial-sum buffer (slices × padded outputs ≤ it) */
 } encode_params;
+
+/* What a launch's shared memory is made of (see encode_layout). */
+typedef struct encode_smem_layout {
+    int64_t param_floats;
+    int32_t act_stride;
+    int32_t red_stride;
+} encode_smem_layout;
+
+static __host__ __device__ __forceinline__ int32_t round_up(int32_t x, int32_t to)
+{
+    return (x + to - 1) / to * to;
+}
+
+/** Outputs of layer l padded to whole warps (the last layer: every bit of every code word). */
+static __host__ __device__ __forceinline__ int32_t padded_outputs(const int32_t *dims, int32_t depth, int32_t l,
+                                                                  int32_t words)
+{
+    int32_t o = round_up(dims[l + 1], 32);
+    return l == depth - 1 && words * 32 > o ? words * 32 : o;
+}
 
 static __device__ __forceinline__ float silu(float y)
 {
     return y / (1.0f + expf(-y));
 }
 
-template <int TILE>
-static __global__ void __launch_bounds__(CU_ENCODE_THREADS) encode_kernel(const encode_params p)
+static __device__ __forceinline__ void copy16_async(float *dst, const float *src)
 {
-    extern __shared__ float smem[];
-    const int64_t items = (int64_t)p.batch * p.heads * p.tiles;
-    const size_t in_elem = ha_elem_size(p.in.dtype);
-    const int64_t count = p.count < p.max_tokens ? p.count : p.max_tokens;
-    const int lane = threadIdx.x & 31;
-    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-        const int32_t b = (int32_t)(item / (p.heads * p.tiles));
-        const int32_t m = (int32_t)(item / p.tiles % p.heads);
-        const int64_t tile = item % p.tiles;
-        const int64_t end = p.end ? cu_clamp_len(p.end[b], p.max_tokens) : count;
-        const int64_t t0 = (end - count > 0 ? end - count : 0) + tile * TILE;
-        if (t0 >= end)
-            continue; /* the same for the whole block */
-        const int n = end - t0 < TILE ? (int)(end - t0) : TILE;
-        const int32_t in_head = m / p.per_in_head;
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
 
-        float *x = smem, *y = smem + TILE * p.width;
-        const int d0 = p.dims[0];
-        for (int e = threadIdx.x; e < TILE * d0; e += blockDim.x) {
-            const int t = e / d0, k = e % d0;
-            x[t * p.width + k] = t < n ? ha_load_f32(cu_row(p.in, in_elem, b, in_head, t0 + t), p.in.dtype, k) : 0.0f;
+static __device__ __forceinline__ void copy_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/* Waits until at most `pending` of this thread's commit groups are still in flight. */
+static __device__ __forceinline__ void copy_wait(int pending)
+{
+    switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+    }
+}
+
+template <int TILE>
+static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(const encode_params p)
+{
+    extern __shared__ __align__(16) float smem[];
+    __shared__ int64_t row_t[TILE];   /* token of each row of the tile; -1 = none */
+    __shared__ int32_t row_b[TILE];
+    float *param_s = smem;
+    float *act_a = smem + (p.staged ? p.param_floats : 0);
+    float *act_b = act_a + TILE * p.act_stride;
+    float *red = act_b + TILE * p.act_stride;
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int64_t total = p.job[0].blocks + (p.jobs > 1 ? p.job[1].blocks : 0);
+
+    for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
+        const bool second = item >= p.job[0].blocks;
+        const encode_job &J = second ? p.job[1] : p.job[0];
+        const int64_t local = second ? item - p.job[0].blocks : item;
+        const int32_t m = (int32_t)(local / J.tiles);
+        const int64_t tile = local % J.tiles;
+        const float *params = J.params + (int64_t)m * J.head_floats;
+
+        __syncthreads(); /* the previous item is done with shared memory */
+        if (p.staged) {
+            for (int l = 0; l < J.depth; l++) {
+                const int64_t from = J.w_off[l] / 4, to = (l + 1 < J.depth ? J.w_off[l + 1] : J.head_floats) / 4;
+                for (int64_t i = from + tid; i < to; i += blockDim.x)
+                    copy16_async(param_s + 4 * i, params + 4 * i);
+                copy_commit();
+            }
+        }
+        /* the tile's rows: row ρ is token j = ρ % count of sequence ρ / count */
+        if (tid < TILE) {
+            const int64_t rho = tile * TILE + tid;
+            int64_t t = -1;
+            int32_t b = 0;
+            if (rho < J.rows) {
+                b = (int32_t)(rho / J.count);
+                const int64_t end = J.end ? cu_clamp_len(J.end[b], J.max_tokens) : J.count;
+                const int64_t first = end - J.count > 0 ? end - J.count : 0;
+                t = first + rho % J.count < end ? first + rho % J.count : -1;
+            }
+            row_t[tid] = t;
+            row_b[tid] = b;
         }
         __syncthreads();
-        for (int l = 0; l < p.depth; l++) {
-            const int in_dim = p.dims[l], out_dim = p.dims[l + 1];
-            const float *wt = p.wt[l] + (size_t)m * in_dim * out_dim;
-            const float *bias = p.bias[l] + (size_t)m * out_dim;
-            const bool last = l == p.depth - 1;
-            /* the last layer covers every bit of every word, so whole warps take part in each ballot */
-            const int o_end = last ? p.words * 32 : out_dim;
-            for (int o0 = 0; o0 < o_end; o0 += blockDim.x) {
-                const int o = o0 + threadIdx.x;
-                const bool valid = o < out_dim;
+        const size_t in_elem = ha_elem_size(J.in.dtype);
+        const int32_t in_head = m / J.per_in_head, d0 = J.dims[0];
+        for (int e = tid; e < TILE * d0; e += blockDim.x) {
+            const int r = e / d0, k = e % d0;
+            act_a[r * p.act_stride + k] =
+                row_t[r] >= 0 ? cu_load_f32(cu_row(J.in, in_elem, row_b[r], in_head, row_t[r]), J.in.dtype, k) : 0.0f;
+        }
+
+        float *x = act_a, *y = act_b;
+        for (int l = 0; l < J.depth; l++) {
+            const int I = J.dims[l], O = J.dims[l + 1];
+            const int OP = padded_outputs(J.dims, J.depth, l, J.words);
+            const bool last = l == J.depth - 1;
+            if (p.staged)
+                copy_wait(J.depth - 1 - l);
+            __syncthreads(); /* x complete, layer l's parameters arrived */
+            const float *W = (p.staged ? param_s : params) + J.w_off[l];
+            const float *bias = (p.staged ? param_s : params) + J.b_off[l];
+
+            /* partial sums: slice s of the inputs (a multiple of 4 of them) for output o */
+            const int slices = OP >= (int)blockDim.x ? 1 : (int)blockDim.x / OP;
+            const int per_slice = round_up((I + slices - 1) / slices, 4);
+            for (int e = tid; e < slices * OP; e += blockDim.x) {
+                const int s = e / OP, o = e % OP;
                 float acc[TILE];
-                const float b0 = valid ? bias[o] : 0.0f;
 #pragma unroll
-                for (int t = 0; t < TILE; t++)
-                    acc[t] = b0;
-                if (valid) {
-#pragma unroll 4
-                    for (int k = 0; k < in_dim; k++) {
-                        const float w = wt[(size_t)k * out_dim + o];
+                for (int r = 0; r < TILE; r++)
+                    acc[r] = 0.0f;
+                if (o < O) {
+                    const int k0 = s * per_slice, k1 = k0 + per_slice < I ? k0 + per_slice : I;
+                    int k = k0;
+                    for (; k + 4 <= k1; k += 4) {
+                        const float w0 = W[(int64_t)k * O + o], w1 = W[(int64_t)(k + 1) * O + o];
+                        const float w2 = W[(int64_t)(k + 2) * O + o], w3 = W[(int64_t)(k + 3) * O + o];
 #pragma unroll
-                        for (int t = 0; t < TILE; t++)
-                            acc[t] = fmaf(x[t * p.width + k], w, acc[t]);
+                        for (int r = 0; r < TILE; r++) {
+                            const float4 xv = *(const float4 *)(x + r * p.act_stride + k);
+                            acc[r] = fmaf(xv.x, w0, fmaf(xv.y, w1, fmaf(xv.z, w2, fmaf(xv.w, w3, acc[r]))));
+                        }
+                    }
+                    for (; k < k1; k++) {
+                        const float w = W[(int64_t)k * O + o];
+#pragma unroll
+                        for (int r = 0; r < TILE; r++)
+                            acc[r] = fmaf(x[r * p.act_stride + k], w, acc[r]);
                     }
                 }
-                if (!last) {
-                    if (valid) {
 #pragma unroll
-                        for (int t = 0; t < TILE; t++)
-                            y[t * p.width + o] = silu(acc[t]);
-                    }
-                    continue;
-                }
-#pragma unroll
-                for (int t = 0; t < TILE; t++) {
-                    const unsigned word = __ballot_sync(0xffffffffu, valid && acc[t] > 0.0f);
-                    if (lane == 0 && t < n && (o >> 5) < p.words)
-                        ((uint32_t *)cu_row(p.out, sizeof(uint32_t), b, m, t0 + t))[o >> 5] = word;
-                }
+                for (int r = 0; r < TILE; r++)
+                    red[(s * TILE + r) * OP + o] = acc[r];
             }
             __syncthreads();
+
+            /* the slices summed with the bias: SiLU into y, or the signs of the last layer */
+            for (int e = tid; e < TILE * OP; e += blockDim.x) {
+                const int r = e / OP, o = e % OP;
+                float v = 0.0f;
+                if (o < O) {
+                    v = bias[o];
+                    for (int s = 0; s < slices; s++)
+                        v += red[(s * TILE + r) * OP + o];
+                }
+                if (!last) {
+                    if (o < O)
+                        y[r * p.act_stride + o] = silu(v);
+                    continue;
+                }
+                /* a warp holds 32 consecutive outputs of one row (OP and blockDim are multiples of 32) */
+                const unsigned word = __ballot_sync(0xffffffffu, o < O && v > 0.0f);
+                if (lane == 0 && row_t[r] >= 0 && (o >> 5) < J.words)
+                    ((uint32_t *)cu_row(J.out, sizeof(uint32_t), row_b[r], m, row_t[r]))[o >> 5] = word;
+            }
             float *swap = x;
             x = y;
             y = swap;
@@ -103,18 +218,51 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS) encode_kernel(const 
     }
 }
 
-size_t cu_encode_smem(int32_t width, int32_t tile)
+/* ---- host side ---------------------------------------------------------------------------------------- */
+
+static encode_smem_layout encode_layout(const cu_mlp *a, const cu_mlp *b, int32_t words)
 {
-    return 2 * (size_t)tile * (size_t)width * sizeof(float);
+    encode_smem_layout L = {0, 0, 0};
+    const cu_mlp *mlps[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        const cu_mlp *m = mlps[i];
+        if (!m)
+            continue;
+        L.param_floats = m->head_floats > L.param_floats ? m->head_floats : L.param_floats;
+        L.act_stride = round_up(m->widest_input, 4) > L.act_stride ? round_up(m->widest_input, 4) : L.act_stride;
+        for (int32_t l = 0; l < m->depth; l++) {
+            const int32_t op = padded_outputs(m->dims, m->depth, l, words);
+            /* slices × OP ≤ max(threads, OP) */
+            const int32_t need = op > CU_ENCODE_THREADS ? op : CU_ENCODE_THREADS;
+            L.red_stride = need > L.red_stride ? need : L.red_stride;
+        }
+    }
+    return L;
+}
+
+static size_t layout_bytes(const encode_smem_layout &L, int32_t tile, bool staged)
+{
+    return ((staged ? (size_t)L.param_floats : 0) + 2 * (size_t)tile * (size_t)L.act_stride +
+            (size_t)tile * (size_t)L.red_stride) * sizeof(float);
+}
+
+size_t cu_encode_smem(const cu_mlp *mlp, int32_t tile, bool staged)
+{
+    /* the widest code a plan may ask of this MLP: every bit of its last layer */
+    const int32_t words = (mlp->dims[mlp->depth] + 31) / 32;
+    return layout_bytes(encode_layout(mlp, NULL, words), tile, staged);
 }
 
 ha_status cu_encode_prepare(const cu_ctx *ctx)
 {
-    ha_status st = cu_prepare_kernel(encode_kernel<CU_ENCODE_TILE>, ctx, "cuda init: encode kernel");
-    return st != HA_OK ? st : cu_prepare_kernel(encode_kernel<1>, ctx, "cuda init: encode kernel");
+    ha_status st = cu_prepare_kernel(encode_kernel<1>, ctx, "cuda init: encode kernel");
+    if (st == HA_OK)
+        st = cu_prepare_kernel(encode_kernel<4>, ctx, "cuda init: encode kernel");
+    return st != HA_OK ? st : cu_prepare_kernel(encode_kernel<CU_ENCODE_MAX_TILE>, ctx, "cuda init: encode kernel");
 }
 
-ha_status cu_encode(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *a)
+/* Checks one encode's arguments and fills its job; *empty when it has nothing to do. */
+static ha_status make_job(const cu_plan *plan, const ha_encode_args *a, encode_job *J, bool *empty)
 {
     const cu_mlp *mlp = (const cu_mlp *)a->mlp;
     if (!mlp || a->in.heads < 1 || mlp->heads % a->in.heads != 0 || a->in.dim < mlp->dims[0] || a->out.dim < 1 ||
@@ -124,39 +272,97 @@ ha_status cu_encode(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args
                        a->out.dim);
     if (a->batch > plan->desc.max_batch)
         return cu_fail(HA_ERR_STATE, "cuda encode: batch %d exceeds the plan's %d", a->batch, plan->desc.max_batch);
-    if (a->batch <= 0 || a->count <= 0)
+    memset(J, 0, sizeof *J);
+    *empty = a->batch <= 0 || a->count <= 0;
+    if (*empty)
         return HA_OK;
+    J->in = a->in;
+    J->out = a->out;
+    J->params = mlp->storage;
+    J->head_floats = mlp->head_floats;
+    J->depth = mlp->depth;
+    for (int i = 0; i <= mlp->depth; i++)
+        J->dims[i] = mlp->dims[i];
+    for (int i = 0; i < mlp->depth; i++) {
+        J->w_off[i] = mlp->w_off[i];
+        J->b_off[i] = mlp->b_off[i];
+    }
+    J->heads = mlp->heads;
+    J->per_in_head = mlp->heads / a->in.heads;
+    J->words = a->out.dim;
+    J->batch = a->batch;
+    J->max_tokens = plan->desc.max_tokens;
+    J->count = (int32_t)(a->count < J->max_tokens ? a->count : J->max_tokens);
+    J->end = a->end;
+    J->rows = (int64_t)J->batch * J->count;
+    return HA_OK;
+}
 
+/* Launches the non-empty jobs among a (may be NULL) and b in one kernel. */
+static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *a, const ha_encode_args *b)
+{
     encode_params p;
     memset(&p, 0, sizeof p);
-    p.in = a->in;
-    p.out = a->out;
-    p.heads = mlp->heads;
-    p.per_in_head = mlp->heads / a->in.heads;
-    p.depth = mlp->depth;
-    for (int i = 0; i <= mlp->depth; i++)
-        p.dims[i] = mlp->dims[i];
-    for (int i = 0; i < mlp->depth; i++) {
-        p.wt[i] = mlp->wt[i];
-        p.bias[i] = mlp->bias[i];
+    const ha_encode_args *args[2] = {a, b};
+    const cu_mlp *mlps[2] = {NULL, NULL};
+    int32_t words = 1;
+    int64_t most_rows = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!args[i])
+            continue;
+        bool empty = true;
+        ha_status st = make_job(plan, args[i], &p.job[p.jobs], &empty);
+        if (st != HA_OK)
+            return st;
+        if (empty)
+            continue;
+        mlps[p.jobs] = (const cu_mlp *)args[i]->mlp;
+        words = args[i]->out.dim > words ? args[i]->out.dim : words;
+        most_rows = p.job[p.jobs].rows > most_rows ? p.job[p.jobs].rows : most_rows;
+        p.jobs++;
     }
-    p.width = mlp->widest_input;
-    p.words = a->out.dim;
-    p.batch = a->batch;
-    p.count = a->count;
-    p.end = a->end;
-    p.max_tokens = plan->desc.max_tokens;
-    const int64_t count = a->count < p.max_tokens ? a->count : p.max_tokens;
-    cudaStream_t stream = (cudaStream_t)a->stream;
+    if (p.jobs == 0)
+        return HA_OK;
 
-    const bool wide = cu_encode_smem(p.width, CU_ENCODE_TILE) > ctx->smem_optin;
-    const int tile = wide ? 1 : CU_ENCODE_TILE;
-    const size_t smem = cu_encode_smem(p.width, tile);
-    p.tiles = (count + tile - 1) / tile;
-    const unsigned grid = cu_grid((int64_t)p.batch * p.heads * p.tiles);
-    if (wide)
+    /* rows per block: enough for the batch, fewer where the activations would not fit (a tile of
+     * one always fits: mlp_upload checked) */
+    const encode_smem_layout L = encode_layout(mlps[0], mlps[1], words);
+    int32_t tile = most_rows <= 1 ? 1 : most_rows <= 4 ? 4 : CU_ENCODE_MAX_TILE;
+    while (tile > 1 && layout_bytes(L, tile, false) > ctx->smem_optin)
+        tile = tile == CU_ENCODE_MAX_TILE ? 4 : 1;
+    p.staged = layout_bytes(L, tile, true) <= ctx->smem_optin;
+    p.param_floats = L.param_floats;
+    p.act_stride = L.act_stride;
+    p.red_stride = L.red_stride;
+    const size_t smem = layout_bytes(L, tile, p.staged);
+    if (smem > ctx->smem_optin) /* two MLPs of different widths, each of which fits alone */
+        return cu_fail(HA_ERR_UNSUPPORTED, "cuda encode: %zu bytes of shared memory needed, %zu allowed", smem,
+                       ctx->smem_optin);
+    int64_t blocks = 0;
+    for (int i = 0; i < p.jobs; i++) {
+        encode_job *J = &p.job[i];
+        J->tiles = (J->rows + tile - 1) / tile;
+        J->blocks = (int64_t)J->heads * J->tiles;
+        blocks += J->blocks;
+    }
+    cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
+    const unsigned grid = cu_grid(blocks);
+    if (tile == 1)
         encode_kernel<1><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
+    else if (tile == 4)
+        encode_kernel<4><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
     else
-        encode_kernel<CU_ENCODE_TILE><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
+        encode_kernel<CU_ENCODE_MAX_TILE><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
     return cu_check(cudaGetLastError(), "cuda encode: kernel launch");
+}
+
+ha_status cu_encode(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *a)
+{
+    return launch(ctx, plan, NULL, a);
+}
+
+ha_status cu_encode_pair(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *keys,
+                         const ha_encode_args *queries)
+{
+    return launch(ctx, plan, keys, queries);
 }

@@ -19,19 +19,21 @@
 
 /* ---- limits of this version's kernels ----------------------------------------------------------- */
 
-/** Threads of an attend block; each holds CU_ATTEND_ACC accumulators, so heads × head_dim of one
- *  block is at most CU_ATTEND_THREADS × CU_ATTEND_ACC. */
+/** Threads of an attend block: 8 warps, each walking its own slice of the block's tokens. */
 #define CU_ATTEND_THREADS 256
-#define CU_ATTEND_ACC 8
-#define CU_MAX_HEAD_DIM (CU_ATTEND_THREADS * CU_ATTEND_ACC)
+/** Elements of a K or V row one lane holds (a row spreads over at most 32 lanes). */
+#define CU_ATTEND_LANE_ELEMS 8
+#define CU_MAX_HEAD_DIM (32 * CU_ATTEND_LANE_ELEMS)
+/** Most query heads one attend block serves (they share a KV head and a token list). */
+#define CU_ATTEND_MAX_HEADS 8
 /** Most splits of one attend unit's token list (the merge keeps a weight per split). */
 #define CU_ATTEND_MAX_SPLITS 128
 /** Threads of the match blocks; also the most candidate chunks per (sequence, head). */
 #define CU_MATCH_THREADS 256
 /** Threads of an encode block (a multiple of 32: each warp packs 32 output bits with one ballot). */
-#define CU_ENCODE_THREADS 128
-/** Tokens an encode block runs through the MLP together (each weight read once per tile). */
-#define CU_ENCODE_TILE 8
+#define CU_ENCODE_THREADS 256
+/** Most rows (tokens) an encode block runs through the MLP together (each weight read once per tile). */
+#define CU_ENCODE_MAX_TILE 16
 
 /* ---- objects --------------------------------------------------------------------------------- */
 
@@ -43,31 +45,38 @@ typedef struct cu_ctx {
     char description[192];
 } cu_ctx;
 
-/** An MLP in device memory: layer i's weights transposed to [heads, in, out] (coalesced across
- *  outputs), biases [heads, out]. */
+/** An MLP in device memory, one contiguous block of head_floats floats per head (16-byte aligned, so
+ *  an encode block copies its head's parameters to shared memory with 16-byte copies). In a head's
+ *  block, layer i's weights transposed to [in, out] (the threads of a block, one output each, read
+ *  consecutive addresses) start at w_off[i], its biases [out] at b_off[i]. */
 typedef struct cu_mlp {
     int32_t heads;
     int32_t depth;
     int32_t dims[HA_PLUGIN_MAX_MLP_DEPTH + 1];
     int32_t widest_input;  /**< widest layer input (head_dim or a hidden width) */
-    const float *wt[HA_PLUGIN_MAX_MLP_DEPTH];
-    const float *bias[HA_PLUGIN_MAX_MLP_DEPTH];
-    float *storage;
+    int32_t widest_output; /**< widest layer output                             */
+    int64_t head_floats;   /**< floats per head, a multiple of 4                */
+    int64_t w_off[HA_PLUGIN_MAX_MLP_DEPTH];
+    int64_t b_off[HA_PLUGIN_MAX_MLP_DEPTH];
+    float *storage;        /**< [heads][head_floats]                            */
 } cu_mlp;
 
 /** Per-plan scratch, sized in plan_create for the plan's limits so that the stages never allocate. */
 typedef struct cu_plan {
     ha_plan_desc desc;
-    int32_t target_blocks;    /**< blocks that fill the device a few times over      */
+    int32_t target_blocks;    /**< blocks the device keeps resident at once (one wave) */
     /* match: per (item, chunk) slot a histogram and {offset, skip}; per item a threshold */
     int32_t match_bins;       /**< group × bits + 1 (0: the plan has no codes)       */
     int64_t match_slots;
     uint32_t *match_hist;     /**< [match_slots][match_bins]                         */
+    uint32_t *match_warp_hist;/**< [match_slots][cu_match_warps()][match_bins]        */
     int32_t *match_chunk;     /**< [match_slots][2]                                  */
     uint32_t *match_threshold;/**< [max_batch × selection heads]                     */
+    uint32_t *match_arrived;  /**< [max_batch × selection heads] chunks done, 0 between launches */
     /* attend: per (query head, split) m, l and head_dim partial sums */
     int64_t partial_slots;
     float *partials;          /**< [partial_slots][head_dim + 2]                     */
+    uint32_t *attend_arrived; /**< [max_batch × q_heads] splits done per unit, 0 between launches */
 } cu_plan;
 
 /* ---- errors ------------------------------------------------------------------------------------ */
@@ -90,16 +99,22 @@ CU_HIDDEN ha_status cu_encode_prepare(const cu_ctx *ctx);
 CU_HIDDEN ha_status cu_match_prepare(const cu_ctx *ctx);
 CU_HIDDEN ha_status cu_attend_prepare(const cu_ctx *ctx);
 
-/** Shared memory an encode block needs for an MLP whose widest input is `width` (fits: ≤ smem_optin). */
-CU_HIDDEN size_t cu_encode_smem(int32_t width, int32_t tile);
+/** Shared memory of an encode block for `mlp` with `tile` rows, its parameters in shared memory
+ *  (staged) or read from global memory. */
+CU_HIDDEN size_t cu_encode_smem(const cu_mlp *mlp, int32_t tile, bool staged);
 /** Shared memory of the match histogram pass for `bins` scores and `code_words` query-code words. */
 CU_HIDDEN size_t cu_match_smem(int32_t bins, int32_t code_words);
+/** Warps of a match block (each keeps a histogram of its slice of a chunk). */
+CU_HIDDEN int32_t cu_match_warps(void);
 /** (item, chunk) slots the match stage uses for `items` items under the plan. */
 CU_HIDDEN int32_t cu_match_chunks(const cu_plan *plan, int64_t items);
 /** Splits per attend unit for `units` units of up to `max_len` tokens under the plan. */
 CU_HIDDEN int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len);
 
 CU_HIDDEN ha_status cu_encode(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *a);
+/** Both encodes of a decode step in one launch: the new keys (keys NULL: none) and the queries. */
+CU_HIDDEN ha_status cu_encode_pair(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *keys,
+                                   const ha_encode_args *queries);
 CU_HIDDEN ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *a);
 CU_HIDDEN ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a);
 

@@ -1,12 +1,33 @@
 /*
- * cuda_mlp.cu — mapping MLPs in device memory, fp32: each layer's weights transposed to
- * [heads, in, out] so that the threads of an encode block, one output each, read consecutive
- * addresses for every input; biases [heads, out]. One allocation per MLP.
+ * cuda_mlp.cu — mapping MLPs in device memory, fp32, one contiguous block per head (see cu_mlp):
+ * each layer's weights transposed to [in, out] so that the threads of an encode block, one output
+ * each, read consecutive addresses for every input, then its biases. A head's block starts 16-byte
+ * aligned so that an encode block can copy it to shared memory with 16-byte copies. One allocation
+ * per MLP.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
+
+static int64_t round4(int64_t x)
+{
+    return (x + 3) & ~(int64_t)3;
+}
+
+/* Floats of one head's block: every layer's [in, out] weights and [out] biases, each layer starting
+ * at a multiple of 4 floats (the encode kernel waits for one layer's 16-byte copies at a time). */
+static int64_t head_layout(const ha_mlp_desc *desc, int64_t *w_off, int64_t *b_off)
+{
+    int64_t at = 0;
+    for (int32_t i = 0; i < desc->depth; i++) {
+        w_off[i] = at;
+        at += (int64_t)desc->dims[i] * desc->dims[i + 1];
+        b_off[i] = at;
+        at = round4(at + desc->dims[i + 1]);
+    }
+    return at;
+}
 
 ha_status cu_mlp_upload(const cu_ctx *ctx, const ha_mlp_desc *desc, cu_mlp **out)
 {
@@ -14,61 +35,60 @@ ha_status cu_mlp_upload(const cu_ctx *ctx, const ha_mlp_desc *desc, cu_mlp **out
     if (!desc || desc->heads < 1 || desc->depth < 1 || desc->depth > HA_PLUGIN_MAX_MLP_DEPTH)
         return cu_fail(HA_ERR_INVALID_ARGUMENT, "cuda mlp_upload: bad MLP description (heads %d, depth %d)",
                        desc ? desc->heads : 0, desc ? desc->depth : 0);
-    size_t total = 0; /* floats */
-    int32_t widest = 0;
+    int32_t widest_in = 0, widest_out = 0;
     for (int32_t i = 0; i <= desc->depth; i++) {
-        if (desc->dims[i] < 1 || desc->dims[i] > (1 << 24) || (i < desc->depth && (!desc->w[i] || !desc->b[i])))
+        if (desc->dims[i] < 1 || desc->dims[i] > (1 << 16) || (i < desc->depth && (!desc->w[i] || !desc->b[i])))
             return cu_fail(HA_ERR_INVALID_ARGUMENT, "cuda mlp_upload: layer %d: bad width %d or NULL weights", i,
                            desc->dims[i]);
-        if (i < desc->depth) {
-            widest = desc->dims[i] > widest ? desc->dims[i] : widest;
-            size_t layer = 0;
-            if (__builtin_mul_overflow((size_t)desc->heads * ((size_t)desc->dims[i] + 1), (size_t)desc->dims[i + 1],
-                                       &layer) ||
-                __builtin_add_overflow(total, layer, &total) || total > SIZE_MAX / sizeof(float))
-                return cu_fail(HA_ERR_OVERFLOW, "cuda mlp_upload: the weights overflow the address space");
-        }
+        if (i < desc->depth)
+            widest_in = desc->dims[i] > widest_in ? desc->dims[i] : widest_in;
+        if (i > 0)
+            widest_out = desc->dims[i] > widest_out ? desc->dims[i] : widest_out;
     }
-    if (cu_encode_smem(widest, 1) > ctx->smem_optin)
-        return cu_fail(HA_ERR_UNSUPPORTED, "cuda mlp_upload: a layer input of width %d needs %zu bytes of shared "
-                       "memory per block; this device allows %zu", widest, cu_encode_smem(widest, 1),
-                       ctx->smem_optin);
+    cu_mlp *mlp = (cu_mlp *)calloc(1, sizeof *mlp);
+    if (!mlp)
+        return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda mlp_upload: out of host memory");
+    mlp->heads = desc->heads;
+    mlp->depth = desc->depth;
+    mlp->widest_input = widest_in;
+    mlp->widest_output = widest_out;
+    memcpy(mlp->dims, desc->dims, sizeof mlp->dims);
+    mlp->head_floats = head_layout(desc, mlp->w_off, mlp->b_off); /* widths ≤ 2^16: no overflow */
+    if (cu_encode_smem(mlp, 1, false) > ctx->smem_optin) {
+        size_t need = cu_encode_smem(mlp, 1, false);
+        free(mlp);
+        return cu_fail(HA_ERR_UNSUPPORTED, "cuda mlp_upload: layers of width %d → %d need %zu bytes of shared memory "
+                       "per block; this device allows %zu", widest_in, widest_out, need, ctx->smem_optin);
+    }
+    size_t total = 0;
+    if (__builtin_mul_overflow((size_t)desc->heads, (size_t)mlp->head_floats, &total) ||
+        total > SIZE_MAX / sizeof(float)) {
+        free(mlp);
+        return cu_fail(HA_ERR_OVERFLOW, "cuda mlp_upload: the weights overflow the address space");
+    }
 
     float *host = (float *)malloc(total * sizeof(float));
-    cu_mlp *mlp = (cu_mlp *)calloc(1, sizeof *mlp);
-    if (!host || !mlp) {
-        free(host);
+    if (!host) {
         free(mlp);
         return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda mlp_upload: out of host memory");
     }
-    ha_status st = cu_check(cudaMalloc(&mlp->storage, total * sizeof(float)), "cuda mlp_upload: cudaMalloc");
-    if (st != HA_OK) {
-        free(host);
-        free(mlp);
-        return st;
-    }
-    mlp->heads = desc->heads;
-    mlp->depth = desc->depth;
-    mlp->widest_input = widest;
-    memcpy(mlp->dims, desc->dims, sizeof mlp->dims);
-    size_t at = 0;
-    for (int32_t i = 0; i < desc->depth; i++) {
-        const size_t in = (size_t)desc->dims[i], outs = (size_t)desc->dims[i + 1];
-        float *wt = host + at, *bias = wt + (size_t)desc->heads * in * outs;
-        for (int32_t h = 0; h < desc->heads; h++) {
+    memset(host, 0, total * sizeof(float));
+    for (int32_t h = 0; h < desc->heads; h++) {
+        float *block = host + (size_t)h * (size_t)mlp->head_floats;
+        for (int32_t i = 0; i < desc->depth; i++) {
+            const size_t in = (size_t)desc->dims[i], outs = (size_t)desc->dims[i + 1];
             const float *w = desc->w[i] + (size_t)h * outs * in;
-            float *t = wt + (size_t)h * in * outs;
+            float *t = block + mlp->w_off[i];
             for (size_t o = 0; o < outs; o++)
                 for (size_t k = 0; k < in; k++)
                     t[k * outs + o] = w[o * in + k];
+            memcpy(block + mlp->b_off[i], desc->b[i] + (size_t)h * outs, outs * sizeof(float));
         }
-        memcpy(bias, desc->b[i], (size_t)desc->heads * outs * sizeof(float));
-        mlp->wt[i] = mlp->storage + at;
-        mlp->bias[i] = mlp->storage + (bias - host);
-        at += (size_t)desc->heads * (in + 1) * outs;
     }
-    st = cu_check(cudaMemcpy(mlp->storage, host, total * sizeof(float), cudaMemcpyHostToDevice),
-                  "cuda mlp_upload: cudaMemcpy");
+    ha_status st = cu_check(cudaMalloc(&mlp->storage, total * sizeof(float)), "cuda mlp_upload: cudaMalloc");
+    if (st == HA_OK)
+        st = cu_check(cudaMemcpy(mlp->storage, host, total * sizeof(float), cudaMemcpyHostToDevice),
+                      "cuda mlp_upload: cudaMemcpy");
     /* a copy from pageable memory may still be in flight when cudaMemcpy returns */
     if (st == HA_OK)
         st = cu_check(cudaStreamSynchronize(0), "cuda mlp_upload: cudaStreamSynchronize");

@@ -4,7 +4,8 @@
  *
  * Both partitions depend only on what the host knows at call time (batch, heads, the plan's limits),
  * never on the sequence lengths, which live in device memory: a block whose chunk or split is empty
- * for the actual length exits at once.
+ * for the actual length only does its share of the bookkeeping (its arrival at the per-item or
+ * per-unit counter, an empty partial result).
  */
 #include <stdlib.h>
 
@@ -12,10 +13,11 @@
 
 /* Fewest candidates worth a match block of their own. */
 #define CU_MATCH_MIN_CHUNK 1024
-/* Fewest tokens worth an attend split of their own. */
-#define CU_ATTEND_MIN_SPLIT 256
-/* Blocks per SM that the partitions aim for. */
-#define CU_BLOCKS_PER_SM 4
+/* Fewest tokens worth an attend split of their own (a warp takes 8 or 16 rows per round). */
+#define CU_ATTEND_MIN_SPLIT 64
+/* Blocks per SM that the partitions aim for: what the registers of the match kernels and of the usual
+ * attend kernels (__launch_bounds__(256, 2)) keep resident. */
+#define CU_BLOCKS_PER_SM 2
 
 static int64_t ceil_div(int64_t x, int64_t y)
 {
@@ -32,16 +34,19 @@ int32_t cu_match_chunks(const cu_plan *plan, int64_t items)
 {
     int64_t cap = ceil_div(plan->desc.max_tokens, CU_MATCH_MIN_CHUNK);
     cap = cap < CU_MATCH_THREADS ? cap : CU_MATCH_THREADS; /* the planning pass gives a chunk a thread */
-    return clamp_count(ceil_div(plan->target_blocks, items < 1 ? 1 : items), cap);
+    /* one wave: as many blocks as the match kernels' registers keep resident at once */
+    return clamp_count(plan->target_blocks / (items < 1 ? 1 : items), cap);
 }
 
 int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len)
 {
     int64_t cap = ceil_div(max_len, CU_ATTEND_MIN_SPLIT);
     cap = cap < CU_ATTEND_MAX_SPLITS ? cap : CU_ATTEND_MAX_SPLITS;
-    return clamp_count(ceil_div(plan->target_blocks, units < 1 ? 1 : units), cap);
+    /* one wave: as many blocks as the attend kernels' registers keep resident at once */
+    return clamp_count(plan->target_blocks / (units < 1 ? 1 : units), cap);
 }
 
+/* Zeroed device memory for count elements of elem bytes (NULL when count is 0). */
 static ha_status scratch(size_t count, size_t elem, void **out, const char *what)
 {
     *out = NULL;
@@ -50,7 +55,10 @@ static ha_status scratch(size_t count, size_t elem, void **out, const char *what
     if (count > SIZE_MAX / elem)
         return cu_fail(HA_ERR_OVERFLOW, "cuda plan_create: the %s scratch overflows", what);
     cudaError_t err = cudaMalloc(out, count * elem);
+    if (err == cudaSuccess)
+        err = cudaMemset(*out, 0, count * elem);
     if (err != cudaSuccess) {
+        cudaFree(*out);
         cudaGetLastError();
         *out = NULL;
         return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda plan_create: cannot allocate %zu bytes of %s scratch: %s",
@@ -79,7 +87,7 @@ ha_status cu_plan_create(const cu_ctx *ctx, const ha_plan_desc *desc, cu_plan **
     if (desc->code_heads > 0 && desc->words > 0) {
         int64_t group = desc->q_heads / desc->code_heads;
         int64_t bins = group * desc->bits + 1;
-        /* the planning pass keeps one histogram and about 2 KB of its own in shared memory */
+        /* the histogram pass keeps one histogram per warp, and its planning about 2 KB, in shared memory */
         if (bins > INT32_MAX / 2 ||
             cu_match_smem((int32_t)bins, (int32_t)(group * desc->words)) + 2048 > ctx->smem_optin)
             st = cu_fail(HA_ERR_UNSUPPORTED, "cuda plan_create: %lld possible scores (group %lld × %d bits) exceed "
@@ -90,9 +98,14 @@ ha_status cu_plan_create(const cu_ctx *ctx, const ha_plan_desc *desc, cu_plan **
         if (st == HA_OK)
             st = scratch((size_t)p->match_slots * (size_t)bins, sizeof(uint32_t), (void **)&p->match_hist, "match");
         if (st == HA_OK)
+            st = scratch((size_t)p->match_slots * (size_t)cu_match_warps() * (size_t)bins, sizeof(uint32_t),
+                         (void **)&p->match_warp_hist, "match");
+        if (st == HA_OK)
             st = scratch((size_t)p->match_slots * 2, sizeof(int32_t), (void **)&p->match_chunk, "match");
         if (st == HA_OK)
             st = scratch((size_t)items, sizeof(uint32_t), (void **)&p->match_threshold, "match");
+        if (st == HA_OK)
+            st = scratch((size_t)items, sizeof(uint32_t), (void **)&p->match_arrived, "match");
     }
     /* rows × splits < rows + target × heads per unit (see cu_attend_splits), heads per unit ≤ group */
     if (st == HA_OK) {
@@ -100,7 +113,14 @@ ha_status cu_plan_create(const cu_ctx *ctx, const ha_plan_desc *desc, cu_plan **
         p->partial_slots = (int64_t)desc->max_batch * desc->q_heads + (int64_t)p->target_blocks * group;
         st = scratch((size_t)p->partial_slots * ((size_t)desc->head_dim + 2), sizeof(float), (void **)&p->partials,
                      "attend");
+        /* one counter per unit of query heads: at most one per query head */
+        if (st == HA_OK)
+            st = scratch((size_t)desc->max_batch * (size_t)desc->q_heads, sizeof(uint32_t),
+                         (void **)&p->attend_arrived, "attend");
     }
+    /* the arrival counters must read 0 before the first launch, on whatever stream it comes */
+    if (st == HA_OK)
+        st = cu_check(cudaDeviceSynchronize(), "cuda plan_create: cudaDeviceSynchronize");
     if (st != HA_OK) {
         cu_plan_destroy(p);
         return st;
@@ -114,8 +134,11 @@ void cu_plan_destroy(cu_plan *plan)
     if (!plan)
         return;
     cudaFree(plan->match_hist);
+    cudaFree(plan->match_warp_hist);
     cudaFree(plan->match_chunk);
     cudaFree(plan->match_threshold);
+    cudaFree(plan->match_arrived);
     cudaFree(plan->partials);
+    cudaFree(plan->attend_arrived);
     free(plan);
 }

@@ -298,17 +298,16 @@ static ha_status cu_attend_entry(void *vctx, void *plan, const ha_attend_args *a
     return st != HA_OK ? st : cu_attend(ctx, (const cu_plan *)plan, args);
 }
 
-/* The stages back to back on the step's stream, on the plan's scratch: no allocation, no sync. */
+/* The stages back to back on the step's stream, on the plan's scratch: no allocation, no sync; both
+ * encodes in one launch. */
 static ha_status cu_decode_entry(void *vctx, void *vplan, const ha_decode_args *args)
 {
     const cu_ctx *ctx = (const cu_ctx *)vctx;
     const cu_plan *plan = (const cu_plan *)vplan;
     cu_device_scope scope(ctx->device);
     ha_status st = stage_start(plan, "decode", scope);
-    if (st == HA_OK && args->key_encode.count > 0)
-        st = cu_encode(ctx, plan, &args->key_encode);
     if (st == HA_OK)
-        st = cu_encode(ctx, plan, &args->query_encode);
+        st = cu_encode_pair(ctx, plan, args->key_encode.count > 0 ? &args->key_encode : NULL, &args->query_encode);
     if (st == HA_OK)
         st = cu_match(ctx, plan, &args->match);
     if (st == HA_OK)

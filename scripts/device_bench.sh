@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# device_bench.sh — on a machine with an NVIDIA GPU, in one go, each step under a time limit so that
+# the whole fits one lent-machine call (scripts/device_test.sh is the full check):
+#
+#   1. build hashattn from scratch with the cuda plugin;
+#   2. meson test conformance-cuda and test_cuda_graph (must pass);
+#   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too;
+#   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
+#   5. compute-sanitizer memcheck and racecheck on a few conformance cases, memcheck on the graph test.
+#
+# Usage: scripts/device_bench.sh
+# Environment: BENCH_SHAPES (B×n list, default 1x8192,1x131072,1x524288,16x32768), BENCH_SPARSITIES
+# (32), BENCH_REPS (30), PROFILE_SHAPE (1x131072), SANITIZE_CHECKS (TOOL:CASE list, see below).
+# Writes under $OUT (default: the current directory): device_bench.log, meson-testlog.txt,
+# results_cuda.json, results_cuda.png, ncu.txt. Exit status 0 only if every step passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD}
+mkdir -p "$out"
+log=$out/device_bench.log
+: >"$log"
+work=$(mktemp -d)
+build=$work/build
+source scripts/device_deps.sh "$work/deps"
+# TOOL:CASE (a substring of conformance case names, or "graph" for test_cuda_graph)
+checks=${SANITIZE_CHECKS:-"memcheck:llama racecheck:llama-group memcheck:odd-lengths memcheck:graph racecheck:paged7 memcheck:paged7"}
+
+say() { echo "$*" | tee -a "$log"; }
+results=()
+failed=0
+# step NAME SECONDS COMMAND...: COMMAND under a time limit, its output in the log (and on stdout).
+step() {
+  local name=$1 limit=$2; shift 2
+  say "== $name: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]} verdict=PASS
+  [ "$rc" -eq 0 ] || { verdict="FAIL (exit $rc)"; failed=1; }
+  [ "$rc" -eq 124 ] && verdict="FAIL (timed out after ${limit}s)"
+  results+=("$(printf '%-40s %-28s %4ds' "$name" "$verdict" $((SECONDS - t0)))")
+  return "$rc"
+}
+
+say "hashattn device bench, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
+
+step "meson setup" 60 meson setup "$build" -Dcuda=enabled >/dev/null || exit 1
+step "ninja" 300 ninja -C "$build" || exit 1
+step "conformance-cuda, test_cuda_graph" 180 meson test -C "$build" conformance-cuda test_cuda_graph --print-errorlogs
+cp "$build/meson-logs/testlog.txt" "$out/meson-testlog.txt" 2>/dev/null
+
+step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
+  --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" \
+  --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda.json" --png "$out/results_cuda.png"
+
+ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$ncu" ]; then
+  step "ncu (one step per mode)" 120 "$ncu" --profile-from-start off --clock-control none \
+    --kernel-name regex:'encode|match|attend' --section SpeedOfLight \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
+    --log-file "$out/ncu.txt" python3 bench/bench_cuda.py --build "$build" --profile \
+    --shapes "${PROFILE_SHAPE:-1x131072}" --sparsities 32 --json "$work/profile.json"
+else
+  say "ncu not found"
+fi
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+plugins=$build/plugins/cuda
+san() { # SECONDS TOOL CASES PROGRAM
+  step "$2: $(basename "$4") ${3:-all}" "$1" env HASHATTN_BACKEND=cuda HASHATTN_PLUGIN_PATH="$plugins" \
+    HASHATTN_LOG=error HASHATTN_TEST_CASES="$3" "$sanitizer" --tool "$2" --error-exitcode 99 --print-limit 20 "$4" \
+    >/dev/null
+}
+if [ -n "$sanitizer" ]; then
+  # most telling first: the call may end before the last
+  for run in $checks; do
+    tool=${run%%:*} c=${run#*:}
+    if [ "$c" = graph ]; then san 45 "$tool" "" "$build/tests/test_cuda_graph"
+    else san 45 "$tool" "$c" "$build/tests/conformance"; fi
+  done
+else
+  say "compute-sanitizer not found"; failed=1
+fi
+
+say ""
+say "== summary"
+for r in "${results[@]}"; do say "$r"; done
+[ $failed -eq 0 ] && say "ALL PASSED" || say "SOME STEPS FAILED (see $log)"
+exit $failed
