@@ -18,11 +18,9 @@
 
 /** Tokens per attend tile (one 512-bit vector of fp32 logits). */
 #define CPU_ATTEND_TILE 16
-/** Tokens scored per match block (stack array of uint32 scores). */
-#define CPU_MATCH_BLOCK 256
 /** Most tokens an encode work item runs through the MLP together (weights reused from cache). */
 #define CPU_ENCODE_BLOCK 32
-/** Sub-histograms of the match histogram (breaks store-to-load chains on repeated scores). */
+/** Sub-histograms of the scalar match histogram (breaks store-to-load chains on repeated scores). */
 #define CPU_HIST_COPIES 4
 
 static inline int64_t cpu_round_up(int64_t x, int64_t multiple)
@@ -39,6 +37,18 @@ static inline uint32_t cpu_code_word_mask(int32_t w, int32_t bits)
     if (first_bit >= bits)
         return 0u;
     return (1u << (bits - first_bit)) - 1u;
+}
+
+/** Bytes per stored match score: 1, 2 or 4, the narrowest that holds max_score. */
+static inline int32_t cpu_score_bytes(int64_t max_score)
+{
+    return max_score <= UINT8_MAX ? 1 : max_score <= UINT16_MAX ? 2 : 4;
+}
+
+static inline uint32_t cpu_score_at(const void *scores, int32_t bytes, int64_t i)
+{
+    return bytes == 1 ? ((const uint8_t *)scores)[i]
+                      : bytes == 2 ? ((const uint16_t *)scores)[i] : ((const uint32_t *)scores)[i];
 }
 
 /* ---- kernel arguments ------------------------------------------------------------------------ */
@@ -65,6 +75,7 @@ typedef struct cpu_score_args {
     int32_t bits;
     const uint32_t *keys; /**< code of the first token */
     int64_t stride_token; /**< uint32 words between consecutive tokens */
+    int32_t score_bytes;  /**< width of a stored score: cpu_score_bytes(group × bits) */
 } cpu_score_args;
 
 /** Running state of one attend unit: `heads` query heads sharing a KV head and a token list. */
@@ -87,11 +98,19 @@ typedef struct cpu_kernels {
     /** Converts n elements of src (dtype dt) to fp32. */
     void (*load_row)(const void *src, ha_dtype dt, int32_t n, float *dst);
     void (*mlp_layer)(const cpu_layer_args *a);
-    /** scores[i] = similarity of token i (i < count), count ≤ CPU_MATCH_BLOCK. */
-    void (*match_scores)(const cpu_score_args *a, int32_t count, uint32_t *scores);
-    /** Writes first + i for every i < count with score > threshold, or == threshold and first + i ≥
-     *  tie_start, ascending; returns how many. */
-    int32_t (*match_compact)(const uint32_t *scores, int32_t count, int32_t first, uint32_t threshold,
+    /** Stores the similarity of token i (i < count) as scores[i], score_bytes wide. */
+    void (*match_scores)(const cpu_score_args *a, int32_t count, void *scores);
+    /** Adds to hist[v] the count of scores == v for v in [lo, hi], and returns lo: the kernel picks
+     *  how many bins below hi one pass counts (at least one). hist has CPU_HIST_COPIES × bins
+     *  counters; the copies past the first are scratch. */
+    int32_t (*match_histogram)(const void *scores, int32_t bytes, int32_t count, int32_t hi, int32_t bins,
+                               uint32_t *hist);
+    /** The position of the wanted-th score == threshold counted from the end (wanted ≥ 1), or -1. */
+    int32_t (*match_tie_start)(const void *scores, int32_t bytes, int32_t count, uint32_t threshold,
+                               int64_t wanted);
+    /** Writes first + i for every i < count with score > threshold, or == threshold and i ≥ tie_start,
+     *  ascending; returns how many. */
+    int32_t (*match_compact)(const void *scores, int32_t bytes, int32_t count, int32_t first, uint32_t threshold,
                              int64_t tie_start, int32_t *out);
     /** Folds count (1..CPU_ATTEND_TILE) tokens into the unit's online softmax; rows past count point
      *  at a zero row. */
@@ -109,8 +128,12 @@ CPU_HIDDEN extern const cpu_kernels cpu_kernels_avx512;
 #define CPU_DECLARE_KERNELS(isa)                                                                            \
     CPU_HIDDEN void cpu_load_row_##isa(const void *src, ha_dtype dt, int32_t n, float *dst);                 \
     CPU_HIDDEN void cpu_mlp_layer_##isa(const cpu_layer_args *a);                                           \
-    CPU_HIDDEN void cpu_match_scores_##isa(const cpu_score_args *a, int32_t count, uint32_t *scores);        \
-    CPU_HIDDEN int32_t cpu_match_compact_##isa(const uint32_t *scores, int32_t count, int32_t first,         \
+    CPU_HIDDEN void cpu_match_scores_##isa(const cpu_score_args *a, int32_t count, void *scores);            \
+    CPU_HIDDEN int32_t cpu_match_histogram_##isa(const void *scores, int32_t bytes, int32_t count, int32_t hi, \
+                                                 int32_t bins, uint32_t *hist);                            \
+    CPU_HIDDEN int32_t cpu_match_tie_start_##isa(const void *scores, int32_t bytes, int32_t count,           \
+                                                 uint32_t threshold, int64_t wanted);                      \
+    CPU_HIDDEN int32_t cpu_match_compact_##isa(const void *scores, int32_t bytes, int32_t count, int32_t first, \
                                                uint32_t threshold, int64_t tie_start, int32_t *out);       \
     CPU_HIDDEN void cpu_attend_tile_##isa(const cpu_attend_unit *u, const void *const *k_rows,              \
                                           const void *const *v_rows, int32_t count);
@@ -155,9 +178,11 @@ typedef struct cpu_plan {
     int32_t enc_width;      /**< widest padded MLP layer the plan can run            */
     int32_t enc_block;      /**< tokens per encode work item                          */
     size_t enc_offset;
-    /* match: CPU_HIST_COPIES histograms of max_score + 1 counters */
+    /* match: CPU_HIST_COPIES histograms of max_score + 1 counters; the scores of max_tokens
+     * candidates (cpu_score_bytes(max_score) each), so every code is scored once */
     int32_t max_score;      /**< bits × group the plan can score                      */
     size_t hist_offset;
+    size_t score_offset;
     /* match split across threads: per (item, chunk) slot a histogram of max_score + 1 counters,
      * then per slot an int64 offset, per item an int64 tie start and a uint32 threshold */
     uint32_t *match_split;

@@ -1,12 +1,13 @@
 /*
- * cpu_match.c — the match stage: per (sequence, selection head) one histogram pass over the
- * candidates' similarities, the threshold score that the heavy budget reaches, a partial backward
- * pass for the tie rule (equal scores: more recent first), and one compaction pass. No sort and no
- * per-token storage: similarities are recomputed per block by the ISA kernel (XOR + popcount).
+ * cpu_match.c — the match stage: per (sequence, selection head) every candidate is scored once
+ * (XOR + popcount, ISA kernel) into a narrow score buffer in the thread's plan scratch; over that
+ * buffer a histogram gives the threshold score that the heavy budget reaches, a partial backward
+ * pass applies the tie rule (equal scores: more recent first), and one pass compacts. No sort.
  *
  * With fewer (sequence, head) items than threads, each item's candidates are split into chunks:
  * chunk histograms in parallel; per item the threshold, the chunk holding the tie boundary and
- * every chunk's output offset; then every chunk compacts its selection straight into place.
+ * every chunk's output offset; then every chunk compacts its selection straight into place. A chunk
+ * is scored again in each of those phases (they may run on different threads).
  */
 #include <omp.h>
 #include <string.h>
@@ -22,6 +23,8 @@ typedef struct match_job {
     int32_t b;
     int32_t s;
     cpu_score_args score;
+    void *scores;        /**< this thread's score buffer: max_tokens scores of score.score_bytes */
+    uint32_t *hist;      /**< this thread's CPU_HIST_COPIES histograms                          */
 } match_job;
 
 /* What the budget rule makes of one (b, s): keep all n, or sinks [0, lo) + heavy of the candidates
@@ -34,12 +37,15 @@ typedef struct item_geometry {
     int keep_all;
 } item_geometry;
 
-static match_job make_job(const cpu_ctx *ctx, const ha_match_args *a, int64_t item)
+static match_job make_job(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a, int64_t item)
 {
     int32_t group = a->q_heads / a->sel_heads;
+    char *scratch = cpu_thread_scratch(plan, omp_get_thread_num());
     match_job job = {
         .k = ctx->k, .a = a, .b = (int32_t)(item / a->sel_heads), .s = (int32_t)(item % a->sel_heads),
-        .score = { .group = group, .words = a->words, .bits = a->bits, .stride_token = a->k_codes.stride_token },
+        .score = { .group = group, .words = a->words, .bits = a->bits, .stride_token = a->k_codes.stride_token,
+                   .score_bytes = cpu_score_bytes((int64_t)group * a->bits) },
+        .scores = scratch + plan->score_offset, .hist = (uint32_t *)(scratch + plan->hist_offset),
     };
     job.score.q = a->q_codes + ((int64_t)job.b * a->q_heads + (int64_t)job.s * group) * a->words;
     return job;
@@ -57,94 +63,66 @@ static item_geometry geometry(const cpu_plan *plan, const ha_match_args *a, int3
     return g; /* unless keep_all: n > sink + local + heavy, so the candidates outnumber heavy */
 }
 
-/* Scores tokens [t, t + n), which lie in one page. */
-static void score_run(match_job *job, int64_t t, int32_t n, uint32_t *scores)
+/* Scores the tokens [lo, hi) into job->scores[0, hi - lo), one page run at a time. */
+static void score_range(match_job *job, int64_t lo, int64_t hi)
 {
-    job->score.keys = ha_rows_ptr(&job->a->k_codes, sizeof(uint32_t), job->b, job->s, t);
-    job->k->match_scores(&job->score, n, scores);
-}
-
-/* Length of the run starting at t going up (within [t, hi), one page, at most a block). */
-static int32_t run_up(const ha_rows *r, int64_t t, int64_t hi)
-{
-    int64_t end = hi - t < CPU_MATCH_BLOCK ? hi : t + CPU_MATCH_BLOCK;
-    if (r->page_size > 0) {
-        int64_t page_end = (t / r->page_size + 1) * r->page_size;
-        end = end < page_end ? end : page_end;
-    }
-    return (int32_t)(end - t);
-}
-
-/* Start of the run ending at hi going down (within [lo, hi), one page, at most a block). */
-static int64_t run_down(const ha_rows *r, int64_t lo, int64_t hi)
-{
-    int64_t start = hi - lo < CPU_MATCH_BLOCK ? lo : hi - CPU_MATCH_BLOCK;
-    if (r->page_size > 0) {
-        int64_t page_start = (hi - 1) / r->page_size * r->page_size;
-        start = start > page_start ? start : page_start;
-    }
-    return start;
-}
-
-/* Histogram of the scores of [lo, hi): CPU_HIST_COPIES interleaved copies (no store-to-load chains
- * on repeated scores), summed into hist[0..max_score]. */
-static void histogram(match_job *job, int64_t lo, int64_t hi, int32_t max_score, uint32_t *hist)
-{
-    size_t bins = (size_t)max_score + 1;
-    memset(hist, 0, CPU_HIST_COPIES * bins * sizeof(uint32_t));
-    uint32_t scores[CPU_MATCH_BLOCK];
+    const ha_rows *r = &job->a->k_codes;
+    char *out = job->scores;
     for (int64_t t = lo; t < hi;) {
-        int32_t n = run_up(&job->a->k_codes, t, hi);
-        score_run(job, t, n, scores);
-        for (int32_t i = 0; i < n; i++)
-            hist[(size_t)(i % CPU_HIST_COPIES) * bins + scores[i]]++;
-        t += n;
+        int64_t end = hi;
+        if (r->page_size > 0) {
+            int64_t page_end = (t / r->page_size + 1) * r->page_size;
+            end = end < page_end ? end : page_end;
+        }
+        job->score.keys = ha_rows_ptr(r, sizeof(uint32_t), job->b, job->s, t);
+        job->k->match_scores(&job->score, (int32_t)(end - t), out + (t - lo) * job->score.score_bytes);
+        t = end;
     }
-    for (int32_t c = 1; c < CPU_HIST_COPIES; c++)
-        for (size_t v = 0; v < bins; v++)
-            hist[v] += hist[(size_t)c * bins + v];
 }
 
-/* The threshold: the highest score whose count(score ≥ it) reaches heavy; *above = count(score >). */
-static uint32_t threshold_of(const uint32_t *hist, int32_t max_score, int64_t heavy, int64_t *above)
+/* The threshold over the scored candidates (count of them): the highest score whose count(score ≥
+ * it) reaches heavy; *above = count(score >). Histogram passes go down from the top bins and stop
+ * once the threshold is found. */
+static uint32_t find_threshold(match_job *job, int32_t count, int32_t max_score, int64_t heavy, int64_t *above)
 {
-    uint32_t threshold = (uint32_t)max_score;
+    uint32_t *hist = job->hist;
+    memset(hist, 0, ((size_t)max_score + 1) * sizeof(uint32_t));
     int64_t sum = 0;
-    while (threshold > 0 && sum + hist[threshold] < heavy)
-        sum += hist[threshold--];
-    *above = sum;
-    return threshold;
+    for (int32_t hi = max_score;;) {
+        int32_t lo = job->k->match_histogram(job->scores, job->score.score_bytes, count, hi, max_score + 1, hist);
+        for (int32_t v = hi; v >= lo; v--) {
+            if (v == 0 || sum + hist[v] >= heavy) {
+                *above = sum;
+                return (uint32_t)v;
+            }
+            sum += hist[v];
+        }
+        hi = lo - 1;
+    }
 }
 
-/* The lowest index among the `wanted` most recent tokens of [lo, hi) scoring exactly `threshold`. */
+/* The full histogram of the scored candidates into job->hist[0..max_score]. */
+static void full_histogram(match_job *job, int32_t count, int32_t max_score)
+{
+    memset(job->hist, 0, ((size_t)max_score + 1) * sizeof(uint32_t));
+    for (int32_t hi = max_score; hi >= 0;)
+        hi = job->k->match_histogram(job->scores, job->score.score_bytes, count, hi, max_score + 1, job->hist) - 1;
+}
+
+/* The lowest index among the `wanted` most recent tokens of [lo, hi) scoring exactly `threshold`
+ * (scored in job->scores). */
 static int64_t tie_start(match_job *job, int64_t lo, int64_t hi, uint32_t threshold, int64_t wanted)
 {
-    uint32_t scores[CPU_MATCH_BLOCK];
-    int64_t taken = 0;
-    for (int64_t top = hi; top > lo;) {
-        int64_t start = run_down(&job->a->k_codes, lo, top);
-        score_run(job, start, (int32_t)(top - start), scores);
-        for (int64_t i = top - start - 1; i >= 0; i--)
-            if (scores[i] == threshold && ++taken == wanted)
-                return start + i;
-        top = start;
-    }
-    return lo; /* unreachable: the histogram counted at least `wanted` */
+    int32_t at = job->k->match_tie_start(job->scores, job->score.score_bytes, (int32_t)(hi - lo), threshold, wanted);
+    return at < 0 ? lo : lo + at; /* at < 0 unreachable: the histogram counted at least `wanted` */
 }
 
-/* Writes the selected tokens of [lo, hi) ascending (score > threshold, or == threshold from
- * tie_start up); returns how many. */
+/* Writes the selected tokens of [lo, hi) (scored in job->scores) ascending: score > threshold, or ==
+ * threshold from first_tie up; returns how many. */
 static int64_t compact(match_job *job, int64_t lo, int64_t hi, uint32_t threshold, int64_t first_tie, int32_t *out)
 {
-    uint32_t scores[CPU_MATCH_BLOCK];
-    int64_t count = 0;
-    for (int64_t t = lo; t < hi;) {
-        int32_t run = run_up(&job->a->k_codes, t, hi);
-        score_run(job, t, run, scores);
-        count += job->k->match_compact(scores, run, (int32_t)t, threshold, first_tie, out + count);
-        t += run;
-    }
-    return count;
+    return job->k->match_compact(job->scores, job->score.score_bytes, (int32_t)(hi - lo), (int32_t)lo, threshold,
+                                 first_tie - lo, out);
 }
 
 /* Sinks, then locals after the room for `heavy` candidates (all of [0, n) when keep_all); returns
@@ -165,13 +143,13 @@ static int64_t write_fixed(const item_geometry *g, int32_t *out)
 }
 
 /* The whole selection of one item on one thread. */
-static int64_t select_one(match_job *job, const item_geometry *g, int32_t max_score, uint32_t *hist, int32_t *out)
+static int64_t select_one(match_job *job, const item_geometry *g, int32_t max_score, int32_t *out)
 {
     int64_t count = write_fixed(g, out);
     if (!g->keep_all && g->heavy > 0) {
-        histogram(job, g->lo, g->hi, max_score, hist);
+        score_range(job, g->lo, g->hi);
         int64_t above;
-        uint32_t threshold = threshold_of(hist, max_score, g->heavy, &above);
+        uint32_t threshold = find_threshold(job, (int32_t)(g->hi - g->lo), max_score, g->heavy, &above);
         int64_t first_tie = tie_start(job, g->lo, g->hi, threshold, g->heavy - above);
         compact(job, g->lo, g->hi, threshold, first_tie, out + g->lo);
     }
@@ -195,10 +173,22 @@ static void chunk_range(const item_geometry *g, int32_t splits, int32_t c, int64
     *hi = g->lo + (g->hi - g->lo) * (c + 1) / splits;
 }
 
-/* Threshold, tie boundary and chunk offsets of one item from its chunk histograms. */
-static void plan_item(match_job *job, const item_geometry *g, const split_state *st, int64_t item, int32_t max_score,
-                      uint32_t *total)
+/* The threshold from a full histogram: the highest score whose count(score ≥ it) reaches heavy;
+ * *above = count(score >). */
+static uint32_t threshold_of(const uint32_t *hist, int32_t max_score, int64_t heavy, int64_t *above)
 {
+    uint32_t threshold = (uint32_t)max_score;
+    int64_t sum = 0;
+    while (threshold > 0 && sum + hist[threshold] < heavy)
+        sum += hist[threshold--];
+    *above = sum;
+    return threshold;
+}
+
+/* Threshold, tie boundary and chunk offsets of one item from its chunk histograms. */
+static void plan_item(match_job *job, const item_geometry *g, const split_state *st, int64_t item, int32_t max_score)
+{
+    uint32_t *total = job->hist;
     const uint32_t *first = st->chunk_hist + (size_t)item * st->splits * st->bins;
     memset(total, 0, st->bins * sizeof(uint32_t));
     for (int32_t c = 0; c < st->splits; c++)
@@ -215,6 +205,7 @@ static void plan_item(match_job *job, const item_geometry *g, const split_state 
             chunk_range(g, st->splits, c, &lo, &hi);
             tie_chunk = c;
             at_tie_chunk = wanted;
+            score_range(job, lo, hi);
             first_tie = tie_start(job, lo, hi, threshold, wanted);
             break;
         }
@@ -243,35 +234,36 @@ static void match_split(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match
     st.threshold = (uint32_t *)(st.first_tie + plan->match_slots);
 #pragma omp parallel num_threads(plan->threads)
     {
-        uint32_t *hist = (uint32_t *)(cpu_thread_scratch(plan, omp_get_thread_num()) + plan->hist_offset);
 #pragma omp for schedule(dynamic)
         for (int64_t work = 0; work < items * splits; work++) {
             int64_t item = work / splits, lo, hi;
-            match_job job = make_job(ctx, a, item);
+            match_job job = make_job(ctx, plan, a, item);
             item_geometry g = geometry(plan, a, job.b);
             if (g.keep_all || g.heavy == 0)
                 continue;
             chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
-            histogram(&job, lo, hi, max_score, hist);
-            memcpy(st.chunk_hist + (size_t)work * st.bins, hist, st.bins * sizeof(uint32_t));
+            score_range(&job, lo, hi);
+            full_histogram(&job, (int32_t)(hi - lo), max_score);
+            memcpy(st.chunk_hist + (size_t)work * st.bins, job.hist, st.bins * sizeof(uint32_t));
         }
 #pragma omp for schedule(dynamic)
         for (int64_t item = 0; item < items; item++) {
-            match_job job = make_job(ctx, a, item);
+            match_job job = make_job(ctx, plan, a, item);
             item_geometry g = geometry(plan, a, job.b);
             a->counts[item] = (int32_t)write_fixed(&g, a->indices + item * a->index_stride);
             if (!g.keep_all && g.heavy > 0)
-                plan_item(&job, &g, &st, item, max_score, hist);
+                plan_item(&job, &g, &st, item, max_score);
         }
 #pragma omp for schedule(dynamic)
         for (int64_t work = 0; work < items * splits; work++) {
             int64_t item = work / splits, lo, hi;
-            match_job job = make_job(ctx, a, item);
+            match_job job = make_job(ctx, plan, a, item);
             item_geometry g = geometry(plan, a, job.b);
             if (g.keep_all || g.heavy == 0)
                 continue;
             chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
             int32_t *out = a->indices + item * a->index_stride + g.lo + st.chunk_offset[work];
+            score_range(&job, lo, hi);
             compact(&job, lo, hi, st.threshold[item], st.first_tie[item], out);
         }
     }
@@ -314,10 +306,9 @@ ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_arg
     int64_t items = (int64_t)a->batch * a->sel_heads;
 #pragma omp parallel for schedule(dynamic) num_threads(plan->threads)
     for (int64_t item = 0; item < items; item++) {
-        match_job job = make_job(ctx, a, item);
+        match_job job = make_job(ctx, plan, a, item);
         item_geometry g = geometry(plan, a, job.b);
-        uint32_t *hist = (uint32_t *)(cpu_thread_scratch(plan, omp_get_thread_num()) + plan->hist_offset);
-        a->counts[item] = (int32_t)select_one(&job, &g, max_score, hist, a->indices + item * a->index_stride);
+        a->counts[item] = (int32_t)select_one(&job, &g, max_score, a->indices + item * a->index_stride);
     }
     return HA_OK;
 }

@@ -16,6 +16,8 @@ const cpu_kernels cpu_kernels_portable = {
     .load_row = cpu_load_row_portable,
     .mlp_layer = cpu_mlp_layer_portable,
     .match_scores = cpu_match_scores_portable,
+    .match_histogram = cpu_match_histogram_portable,
+    .match_tie_start = cpu_match_tie_start_portable,
     .match_compact = cpu_match_compact_portable,
     .attend_tile = cpu_attend_tile_portable,
 };
@@ -25,6 +27,8 @@ const cpu_kernels cpu_kernels_avx512 = {
     .load_row = cpu_load_row_avx512,
     .mlp_layer = cpu_mlp_layer_avx512,
     .match_scores = cpu_match_scores_avx512,
+    .match_histogram = cpu_match_histogram_avx512,
+    .match_tie_start = cpu_match_tie_start_avx512,
     .match_compact = cpu_match_compact_avx512,
     .attend_tile = cpu_attend_tile_avx512,
 };
