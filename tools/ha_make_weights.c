@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool_cli.h"
 #include "weights_host.h"
 
 #define PROGRAM "ha-make-weights"
@@ -148,36 +149,6 @@ static void usage(FILE *to)
             MAX_LAYERS, MAX_HEADS, MAX_WIDTH, MAX_BITS, HA_PLUGIN_MAX_MLP_DEPTH, MAX_WIDTH);
 }
 
-/** Prints "ha-make-weights: <message>" to stderr; returns 0 (the parsers' failure value). */
-static int complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int complain(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs(PROGRAM ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 0;
-}
-
-/** Strict decimal: digits only, whole string, in [lo, hi]. */
-static int parse_int(const char *what, const char *s, int64_t lo, int64_t hi, int32_t *out)
-{
-    int64_t v = 0;
-    int ok = *s != '\0';
-    for (const char *p = s; ok && *p; p++) {
-        ok = *p >= '0' && *p <= '9';
-        v = v * 10 + (*p - '0');
-        ok = ok && v <= hi;
-    }
-    if (!ok || v < lo)
-        return complain("%s: \"%s\" is not an integer in [%lld, %lld]", what, s, (long long)lo, (long long)hi);
-    *out = (int32_t)v;
-    return 1;
-}
-
 static int parse_seed(const char *s, uint64_t *out)
 {
     uint64_t v = 0;
@@ -187,7 +158,7 @@ static int parse_seed(const char *s, uint64_t *out)
         v = v * 10 + (uint64_t)(*p - '0');
     }
     if (!ok)
-        return complain("--seed: \"%s\" is not an unsigned 64-bit integer", s);
+        return tool_complain("--seed: \"%s\" is not an unsigned 64-bit integer", s);
     *out = v;
     return 1;
 }
@@ -199,7 +170,7 @@ static int parse_dense_layers(const char *list, int32_t layers, uint8_t *dense)
         return 1;
     char *copy = strdup(list);
     if (!copy)
-        return complain("out of memory");
+        return tool_complain("out of memory");
     int ok = 1;
     char *item = copy;
     for (char *next; ok && item; item = next) {
@@ -207,9 +178,9 @@ static int parse_dense_layers(const char *list, int32_t layers, uint8_t *dense)
         if (next)
             *next++ = '\0';
         int32_t layer;
-        ok = parse_int("--dense-layers item", item, 0, layers - 1, &layer);
+        ok = tool_parse_int("--dense-layers item", item, 0, layers - 1, &layer);
         if (ok && dense[layer])
-            ok = complain("--dense-layers: layer %d listed twice", (int)layer);
+            ok = tool_complain("--dense-layers: layer %d listed twice", (int)layer);
         if (ok)
             dense[layer] = 1;
     }
@@ -244,18 +215,18 @@ static int parse_options(int argc, char **argv, options *o)
             else if (strcmp(optarg, "simhash") == 0)
                 o->kind = KIND_SIMHASH;
             else
-                ok = complain("--kind: \"%s\" is not random or simhash", optarg);
+                ok = tool_complain("--kind: \"%s\" is not random or simhash", optarg);
             break;
-        case OPT_LAYERS: ok = parse_int("--layers", optarg, 1, MAX_LAYERS, &o->layers); break;
-        case OPT_Q_HEADS: ok = parse_int("--q-heads", optarg, 1, MAX_HEADS, &o->q_heads); break;
-        case OPT_K_HEADS: ok = parse_int("--k-heads", optarg, 1, MAX_HEADS, &o->k_heads); break;
-        case OPT_HEAD_DIM: ok = parse_int("--head-dim", optarg, 1, MAX_WIDTH, &o->head_dim); break;
-        case OPT_BITS: ok = parse_int("--bits", optarg, 1, MAX_BITS, &o->bits); break;
+        case OPT_LAYERS: ok = tool_parse_int("--layers", optarg, 1, MAX_LAYERS, &o->layers); break;
+        case OPT_Q_HEADS: ok = tool_parse_int("--q-heads", optarg, 1, MAX_HEADS, &o->q_heads); break;
+        case OPT_K_HEADS: ok = tool_parse_int("--k-heads", optarg, 1, MAX_HEADS, &o->k_heads); break;
+        case OPT_HEAD_DIM: ok = tool_parse_int("--head-dim", optarg, 1, MAX_WIDTH, &o->head_dim); break;
+        case OPT_BITS: ok = tool_parse_int("--bits", optarg, 1, MAX_BITS, &o->bits); break;
         case OPT_DEPTH:
-            ok = parse_int("--depth", optarg, 1, HA_PLUGIN_MAX_MLP_DEPTH, &o->depth);
+            ok = tool_parse_int("--depth", optarg, 1, HA_PLUGIN_MAX_MLP_DEPTH, &o->depth);
             depth_given = 1;
             break;
-        case OPT_HIDDEN: ok = parse_int("--hidden", optarg, 1, MAX_WIDTH, &o->hidden); break;
+        case OPT_HIDDEN: ok = tool_parse_int("--hidden", optarg, 1, MAX_WIDTH, &o->hidden); break;
         case OPT_DENSE: o->dense_layers = optarg; break;
         case OPT_DTYPE:
             if (strcmp(optarg, "f32") == 0)
@@ -265,34 +236,34 @@ static int parse_options(int argc, char **argv, options *o)
             else if (strcmp(optarg, "bf16") == 0)
                 o->dtype = HA_ST_BF16;
             else
-                ok = complain("--dtype: \"%s\" is not f32, f16 or bf16", optarg);
+                ok = tool_complain("--dtype: \"%s\" is not f32, f16 or bf16", optarg);
             break;
         case OPT_SEED: ok = parse_seed(optarg, &o->seed); break;
         case OPT_HELP: return -1;
-        case ':': ok = complain("%s needs a value", argv[optind - 1]); break;
-        default: ok = complain("unknown option \"%s\" (see --help)", argv[optind - 1]); break;
+        case ':': ok = tool_complain("%s needs a value", argv[optind - 1]); break;
+        default: ok = tool_complain("unknown option \"%s\" (see --help)", argv[optind - 1]); break;
         }
     }
     if (!ok)
         return 2;
     if (optind < argc) {
-        complain("unexpected argument \"%s\"", argv[optind]);
+        tool_complain("unexpected argument \"%s\"", argv[optind]);
         return 2;
     }
     const char *missing = !o->out ? "--out" : !o->layers ? "--layers" : !o->q_heads ? "--q-heads"
                         : !o->head_dim ? "--head-dim" : NULL;
     if (missing) {
-        complain("%s is required (see --help)", missing);
+        tool_complain("%s is required (see --help)", missing);
         return 2;
     }
     if (!o->k_heads)
         o->k_heads = o->q_heads;
     if (o->q_heads % o->k_heads != 0) {
-        complain("--k-heads %d does not divide --q-heads %d", (int)o->k_heads, (int)o->q_heads);
+        tool_complain("--k-heads %d does not divide --q-heads %d", (int)o->k_heads, (int)o->q_heads);
         return 2;
     }
     if (o->kind == KIND_SIMHASH && depth_given && o->depth != 1) {
-        complain("--kind simhash has depth 1 (got --depth %d)", (int)o->depth);
+        tool_complain("--kind simhash has depth 1 (got --depth %d)", (int)o->depth);
         return 2;
     }
     if (!depth_given)
@@ -314,7 +285,7 @@ int main(int argc, char **argv)
         return rc;
     uint8_t *dense = calloc((size_t)o.layers, 1);
     if (!dense) {
-        complain("out of memory");
+        tool_complain("out of memory");
         return 1;
     }
     if (o.dense_layers && !parse_dense_layers(o.dense_layers, o.layers, dense)) {
@@ -326,7 +297,7 @@ int main(int argc, char **argv)
     ha_status st = ha_weights_host_alloc(&w, o.layers, o.bits, o.depth, o.hidden, o.head_dim, o.q_heads, o.k_heads,
                                          dense);
     if (st != HA_OK) {
-        complain("cannot allocate the weights (%s)",
+        tool_complain("cannot allocate the weights (%s)",
                  st == HA_ERR_OUT_OF_MEMORY ? "out of memory" : st == HA_ERR_OVERFLOW ? "too large" : "invalid geometry");
         free(dense);
         return 1;
@@ -340,7 +311,7 @@ int main(int argc, char **argv)
     char err[512];
     st = ha_weights_host_write(&w, o.out, o.dtype, err, sizeof(err));
     if (st != HA_OK) {
-        complain("%s", err);
+        tool_complain("%s", err);
     } else {
         char hidden_text[16] = "none";
         if (o.depth > 1)

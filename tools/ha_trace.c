@@ -10,23 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool_cli.h"
 #include "ha_shared.h"
 #include "lm.h"
 #include "safetensors.h"
 
 #define PROGRAM "ha-trace"
-
-static int complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int complain(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs(PROGRAM ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 0;
-}
 
 static void usage(FILE *to)
 {
@@ -110,18 +99,18 @@ int main(int argc, char **argv)
         case 'n':
             n_tok = strtoll(optarg, &end, 10);
             if (*optarg == '\0' || *end || n_tok < 1)
-                return complain("--tokens: expected a positive integer, got '%s'", optarg), 2;
+                return tool_complain("--tokens: expected a positive integer, got '%s'", optarg), 2;
             break;
         case 'k':
             offset = strtoll(optarg, &end, 10);
             if (*optarg == '\0' || *end || offset < 0)
-                return complain("--offset: expected a non-negative integer, got '%s'", optarg), 2;
+                return tool_complain("--offset: expected a non-negative integer, got '%s'", optarg), 2;
             break;
         case 'd':
             if (!strcmp(optarg, "f32")) dtype = HA_ST_F32;
             else if (!strcmp(optarg, "f16")) dtype = HA_ST_F16;
             else if (!strcmp(optarg, "bf16")) dtype = HA_ST_BF16;
-            else return complain("--dtype: f32, f16 or bf16, got '%s'", optarg), 2;
+            else return tool_complain("--dtype: f32, f16 or bf16, got '%s'", optarg), 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -134,21 +123,21 @@ int main(int argc, char **argv)
 
     lm_model *m = NULL;
     if (lm_model_load(model_dir, &m) != HA_OK)
-        return complain("loading %s: %s", model_dir, lm_last_error()), 1;
+        return tool_complain("loading %s: %s", model_dir, lm_last_error()), 1;
     const lm_config *cfg = lm_model_config(m);
     if (n_tok > cfg->max_positions)
-        return complain("--tokens %lld exceeds the model's %d positions", n_tok, cfg->max_positions), 2;
+        return tool_complain("--tokens %lld exceeds the model's %d positions", n_tok, cfg->max_positions), 2;
     size_t len;
     char *text = read_text(text_path, &len);
     if (!text)
-        return complain("cannot read %s", text_path), 1;
+        return tool_complain("cannot read %s", text_path), 1;
     int32_t *ids = NULL;
     int64_t n_ids = 0;
     if (lm_tokenize(lm_model_tokenizer(m), text, len, &ids, &n_ids) != HA_OK)
-        return complain("tokenizing %s: %s", text_path, lm_last_error()), 1;
+        return tool_complain("tokenizing %s: %s", text_path, lm_last_error()), 1;
     free(text);
     if (offset + n_tok - 1 > n_ids)
-        return complain("%s has %lld tokens: not enough for offset %lld + %lld", text_path, (long long)n_ids, offset,
+        return tool_complain("%s has %lld tokens: not enough for offset %lld + %lld", text_path, (long long)n_ids, offset,
                         n_tok - 1),
                2;
     int32_t *tokens = malloc((size_t)n_tok * sizeof(int32_t));
@@ -167,16 +156,16 @@ int main(int argc, char **argv)
         tr.k[l] = malloc(nk * sizeof(float));
         tr.v[l] = malloc(nk * sizeof(float));
         if (!tr.q[l] || !tr.k[l] || !tr.v[l])
-            return complain("out of memory"), 1;
+            return tool_complain("out of memory"), 1;
     }
     lm_session_config scfg;
     lm_session_config_init(&scfg, n_tok);
     lm_session *s = NULL;
     if (lm_session_create(m, &scfg, &s) != HA_OK)
-        return complain("session: %s", lm_last_error()), 1;
+        return tool_complain("session: %s", lm_last_error()), 1;
     lm_session_set_qkv_hook(s, hook, &tr);
     if (lm_prefill(s, tokens, n_tok, LM_LOGITS_NONE, NULL) != HA_OK)
-        return complain("prefill: %s", lm_last_error()), 1;
+        return tool_complain("prefill: %s", lm_last_error()), 1;
     lm_session_free(s);
 
     /* tensors: tokens, then per layer q, k, v */
@@ -211,7 +200,7 @@ int main(int argc, char **argv)
                           "post-RoPE q [Hq,N,d], k and v [Hkv,N,d]; tokens = BOS + text tokens from offset"};
     char err[512];
     if (ha_st_write(out, t, n_t, keys, vals, sizeof(keys) / sizeof(keys[0]), err, sizeof(err)) != HA_OK)
-        return complain("writing %s: %s", out, err), 1;
+        return tool_complain("writing %s: %s", out, err), 1;
     fprintf(stderr, PROGRAM ": wrote %s (%lld tokens, %d layers)\n", out, n_tok, L);
 
     for (int32_t l = 0; l < L; l++) {

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tool_cli.h"
 #include "ha_shared.h"
 #include "ha_train_data.h"
 #include "ha_train_mlp.h"
@@ -69,34 +70,12 @@ static void usage(FILE *to)
             "  --log-every K --val-every K   progress line / validation period in steps (10, 100)\n");
 }
 
-static int complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int complain(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs(PROGRAM ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 0;
-}
-
-static int parse_i32(const char *what, const char *s, int64_t lo, int64_t hi, int32_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return complain("%s: expected an integer in [%lld, %lld], got '%s'", what, (long long)lo, (long long)hi, s);
-    *out = (int32_t)v;
-    return 1;
-}
-
 static int parse_f32(const char *what, const char *s, float *out)
 {
     char *end;
     double v = strtod(s, &end);
     if (*s == '\0' || *end != '\0' || !(v > 0.0) || v > 1e6)
-        return complain("%s: expected a positive number, got '%s'", what, s);
+        return tool_complain("%s: expected a positive number, got '%s'", what, s);
     *out = (float)v;
     return 1;
 }
@@ -131,36 +110,36 @@ static int parse_options(int argc, char **argv, options *o)
         case O_MODE:
             if (!strcmp(optarg, "paper")) o->group_mode = 0;
             else if (!strcmp(optarg, "group")) o->group_mode = 1;
-            else ok = complain("--mode: paper or group, got '%s'", optarg);
+            else ok = tool_complain("--mode: paper or group, got '%s'", optarg);
             break;
-        case O_BITS: ok = parse_i32("--bits", optarg, 1, 1024, &o->bits); break;
-        case O_DEPTH: ok = parse_i32("--depth", optarg, 1, TR_MAX_DEPTH, &o->depth); break;
-        case O_HIDDEN: ok = parse_i32("--hidden", optarg, 1, 4096, &o->hidden); break;
-        case O_WINDOWS: ok = parse_i32("--windows", optarg, 1, 100000, &o->windows); break;
-        case O_WINDOW: ok = parse_i32("--window", optarg, 16, 1 << 20, &o->window); break;
-        case O_RPW: ok = parse_i32("--rows-per-window", optarg, 1, 1 << 20, &o->rows_per_window); break;
-        case O_MINPOS: ok = parse_i32("--min-pos", optarg, 0, 1 << 20, &o->min_pos); break;
-        case O_ROWS: ok = parse_i32("--rows", optarg, 1, 1 << 20, &o->rows); break;
-        case O_STEPS: ok = parse_i32("--steps", optarg, 0, 1 << 30, &o->steps); break;
+        case O_BITS: ok = tool_parse_int("--bits", optarg, 1, 1024, &o->bits); break;
+        case O_DEPTH: ok = tool_parse_int("--depth", optarg, 1, TR_MAX_DEPTH, &o->depth); break;
+        case O_HIDDEN: ok = tool_parse_int("--hidden", optarg, 1, 4096, &o->hidden); break;
+        case O_WINDOWS: ok = tool_parse_int("--windows", optarg, 1, 100000, &o->windows); break;
+        case O_WINDOW: ok = tool_parse_int("--window", optarg, 16, 1 << 20, &o->window); break;
+        case O_RPW: ok = tool_parse_int("--rows-per-window", optarg, 1, 1 << 20, &o->rows_per_window); break;
+        case O_MINPOS: ok = tool_parse_int("--min-pos", optarg, 0, 1 << 20, &o->min_pos); break;
+        case O_ROWS: ok = tool_parse_int("--rows", optarg, 1, 1 << 20, &o->rows); break;
+        case O_STEPS: ok = tool_parse_int("--steps", optarg, 0, 1 << 30, &o->steps); break;
         case O_LR: ok = parse_f32("--lr", optarg, &o->lr); break;
         case O_ALPHA: ok = parse_f32("--alpha", optarg, &o->alpha); break;
-        case O_TOPK: ok = parse_i32("--topk", optarg, 1, 1024, &o->topk); break;
-        case O_SINK: ok = parse_i32("--sink", optarg, 0, 1 << 20, &o->sink); break;
-        case O_LOCAL: ok = parse_i32("--local", optarg, 0, 1 << 20, &o->local); break;
-        case O_VALROWS: ok = parse_i32("--val-rows", optarg, 1, 1 << 20, &o->val_rows); break;
-        case O_LOG: ok = parse_i32("--log-every", optarg, 1, 1 << 30, &o->log_every); break;
-        case O_VALEVERY: ok = parse_i32("--val-every", optarg, 1, 1 << 30, &o->val_every); break;
+        case O_TOPK: ok = tool_parse_int("--topk", optarg, 1, 1024, &o->topk); break;
+        case O_SINK: ok = tool_parse_int("--sink", optarg, 0, 1 << 20, &o->sink); break;
+        case O_LOCAL: ok = tool_parse_int("--local", optarg, 0, 1 << 20, &o->local); break;
+        case O_VALROWS: ok = tool_parse_int("--val-rows", optarg, 1, 1 << 20, &o->val_rows); break;
+        case O_LOG: ok = tool_parse_int("--log-every", optarg, 1, 1 << 30, &o->log_every); break;
+        case O_VALEVERY: ok = tool_parse_int("--val-every", optarg, 1, 1 << 30, &o->val_every); break;
         case O_DTYPE:
             if (!strcmp(optarg, "f32")) o->dtype = HA_ST_F32;
             else if (!strcmp(optarg, "f16")) o->dtype = HA_ST_F16;
             else if (!strcmp(optarg, "bf16")) o->dtype = HA_ST_BF16;
-            else ok = complain("--dtype: f32, f16 or bf16, got '%s'", optarg);
+            else ok = tool_complain("--dtype: f32, f16 or bf16, got '%s'", optarg);
             break;
         case O_SEED: {
             char *end;
             o->seed = strtoull(optarg, &end, 10);
             if (*optarg == '\0' || *end != '\0')
-                ok = complain("--seed: expected a non-negative integer, got '%s'", optarg);
+                ok = tool_complain("--seed: expected a non-negative integer, got '%s'", optarg);
             break;
         }
         case O_HELP: usage(stdout); exit(0);
@@ -170,20 +149,20 @@ static int parse_options(int argc, char **argv, options *o)
             return 0;
     }
     if (optind != argc)
-        return complain("unexpected argument '%s'", argv[optind]);
+        return tool_complain("unexpected argument '%s'", argv[optind]);
     if (!o->model || !o->text || !o->out)
-        return complain("--model, --text and --out are required (see --help)");
+        return tool_complain("--model, --text and --out are required (see --help)");
     const int64_t need = (int64_t)o->sink + o->local + o->topk;
     if (o->min_pos < need)
         o->min_pos = (int32_t)need;
     if (o->min_pos >= o->window || o->window - o->val_rows < need)
-        return complain("--window %d is too short for --min-pos/--val-rows with sink %d, local %d, topk %d", o->window,
+        return tool_complain("--window %d is too short for --min-pos/--val-rows with sink %d, local %d, topk %d", o->window,
                         o->sink, o->local, o->topk);
     if (o->rows_per_window > o->window - o->min_pos)
-        return complain("--rows-per-window %d exceeds the %d positions in [min-pos, window)", o->rows_per_window,
+        return tool_complain("--rows-per-window %d exceeds the %d positions in [min-pos, window)", o->rows_per_window,
                         o->window - o->min_pos);
     if (o->rows > o->rows_per_window)
-        return complain("--rows %d exceeds --rows-per-window %d", o->rows, o->rows_per_window);
+        return tool_complain("--rows %d exceeds --rows-per-window %d", o->rows, o->rows_per_window);
     return 1;
 }
 
@@ -239,13 +218,13 @@ static int parse_dense(const char *list, int32_t layers, uint8_t *dense)
         char *end;
         long v = strtol(p, &end, 10);
         if (end == p || v < 0 || v >= layers)
-            return complain("--dense-layers: bad list '%s' (indices in [0, %d))", list, layers);
+            return tool_complain("--dense-layers: bad list '%s' (indices in [0, %d))", list, layers);
         dense[v] = 1;
         p = end;
         if (*p == ',')
             p++;
         else if (*p)
-            return complain("--dense-layers: bad list '%s'", list);
+            return tool_complain("--dense-layers: bad list '%s'", list);
     }
     return 1;
 }
@@ -254,7 +233,7 @@ static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        complain("cannot open %s", path);
+        tool_complain("cannot open %s", path);
         return NULL;
     }
     fseek(f, 0, SEEK_END);
@@ -262,7 +241,7 @@ static char *read_file(const char *path, size_t *len)
     fseek(f, 0, SEEK_SET);
     char *buf = size >= 0 ? malloc((size_t)size + 1) : NULL;
     if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        complain("cannot read %s", path);
+        tool_complain("cannot read %s", path);
         free(buf);
         fclose(f);
         return NULL;
@@ -283,7 +262,7 @@ static int32_t *tokenize_file(const lm_model *m, const char *path, int64_t *n)
     ha_status st = lm_tokenize(lm_model_tokenizer(m), text, len, &ids, n);
     free(text);
     if (st != HA_OK) {
-        complain("tokenizing %s: %s", path, lm_last_error());
+        tool_complain("tokenizing %s: %s", path, lm_last_error());
         return NULL;
     }
     return ids;
@@ -631,7 +610,7 @@ static int write_weights(const problem *p, const lm_config *cfg, const uint8_t *
     ha_status st = ha_weights_host_alloc(&wh, cfg->num_layers, o->bits, o->depth, o->hidden, g->head_dim, g->q_heads,
                                          k_heads, dense);
     if (st != HA_OK)
-        return complain("cannot allocate the weights: %s", ha_status_string(st));
+        return tool_complain("cannot allocate the weights: %s", ha_status_string(st));
     for (int32_t i = 0; i < p->n_tasks; i++) {
         const task *t = &p->tasks[i];
         const int32_t l = g->layers[t->sl];
@@ -653,7 +632,7 @@ static int write_weights(const problem *p, const lm_config *cfg, const uint8_t *
     st = ha_weights_host_write(&wh, o->out, o->dtype, err, sizeof(err));
     ha_weights_host_free(&wh);
     if (st != HA_OK)
-        return complain("writing %s: %s", o->out, err);
+        return tool_complain("writing %s: %s", o->out, err);
     return 1;
 }
 
@@ -667,14 +646,14 @@ int main(int argc, char **argv)
     const double t_start = now_s();
     lm_model *model = NULL;
     if (lm_model_load(o.model, &model) != HA_OK) {
-        complain("loading %s: %s", o.model, lm_last_error());
+        tool_complain("loading %s: %s", o.model, lm_last_error());
         return 1;
     }
     const lm_config *cfg = lm_model_config(model);
     if (o.hidden < 0)
         o.hidden = cfg->head_dim;
     if (o.window > cfg->max_positions) {
-        complain("--window %d exceeds the model's %d positions", o.window, cfg->max_positions);
+        tool_complain("--window %d exceeds the model's %d positions", o.window, cfg->max_positions);
         return 2;
     }
     uint8_t dense[1024];
@@ -685,12 +664,12 @@ int main(int argc, char **argv)
         if (!dense[l])
             layers[n_sparse++] = l;
     if (n_sparse == 0 || n_sparse > 64) {
-        complain("need 1..64 sparse layers, have %d", n_sparse);
+        tool_complain("need 1..64 sparse layers, have %d", n_sparse);
         return 2;
     }
     const int32_t group = cfg->num_q_heads / cfg->num_kv_heads;
     if (o.group_mode && group > 8) {
-        complain("group mode supports GQA groups up to 8, the model has %d", group);
+        tool_complain("group mode supports GQA groups up to 8, the model has %d", group);
         return 2;
     }
 
@@ -700,7 +679,7 @@ int main(int argc, char **argv)
         return 1;
     const int64_t per_window = o.window - 1, avail = n_text / per_window;
     if (avail < o.windows + 1) {
-        complain("%s has %lld tokens: %lld windows of %d, need --windows %d + 1 for validation", o.text,
+        tool_complain("%s has %lld tokens: %lld windows of %d, need --windows %d + 1 for validation", o.text,
                  (long long)n_text, (long long)avail, o.window, o.windows);
         return 2;
     }
@@ -717,7 +696,7 @@ int main(int argc, char **argv)
     lm_session_config_init(&scfg, o.window);
     lm_session *sess = NULL;
     if (lm_session_create(model, &scfg, &sess) != HA_OK) {
-        complain("session: %s", lm_last_error());
+        tool_complain("session: %s", lm_last_error());
         return 1;
     }
     uint64_t rng = o.seed ^ 0x6a09e667f3bcc908ull;
@@ -752,7 +731,7 @@ int main(int argc, char **argv)
         if (!ev)
             return 1;
         if (n_ev < per_window) {
-            complain("%s is shorter than one window", o.eval_text);
+            tool_complain("%s is shorter than one window", o.eval_text);
             return 2;
         }
         memcpy(toks + 1, ev, (size_t)per_window * sizeof(int32_t));
@@ -782,7 +761,7 @@ int main(int argc, char **argv)
             for (int32_t f = 0; f < t->n_q; f++)
                 bad |= tr_mlp_init(&t->fq[f], o.depth, cfg->head_dim, o.hidden, o.bits, base + 1 + (uint64_t)f);
             if (bad) {
-                complain("out of memory");
+                tool_complain("out of memory");
                 return 1;
             }
         }
@@ -790,7 +769,7 @@ int main(int argc, char **argv)
     p.scr = calloc((size_t)p.n_threads, sizeof(scratch));
     for (int i = 0; i < p.n_threads; i++)
         if (scratch_init(&p.scr[i], &p, o.window, o.rows_per_window > o.val_rows ? o.rows_per_window : o.val_rows)) {
-            complain("out of memory");
+            tool_complain("out of memory");
             return 1;
         }
 

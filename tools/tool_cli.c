@@ -1,0 +1,31 @@
+/*
+ * tool_cli.c — see tool_cli.h.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "tool_cli.h"
+
+int tool_complain(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", program_invocation_short_name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 0;
+}
+
+int tool_parse_int(const char *what, const char *s, int64_t lo, int64_t hi, int32_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi || *s == ' ' || *s == '+')
+        return tool_complain("%s: \"%s\" is not an integer in [%lld, %lld]", what, s, (long long)lo, (long long)hi);
+    *out = (int32_t)v;
+    return 1;
+}
