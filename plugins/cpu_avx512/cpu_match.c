@@ -223,6 +223,18 @@ static void plan_item(match_job *job, const item_geometry *g, const split_state 
     st->first_tie[item] = first_tie;
 }
 
+/** Sets up chunk `work` (item work / splits) of the split match; 0 when its item needs no selection. */
+static int split_chunk(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a, int32_t splits, int64_t work,
+                       match_job *job, item_geometry *g, int64_t *lo, int64_t *hi)
+{
+    *job = make_job(ctx, plan, a, work / splits);
+    *g = geometry(plan, a, job->b);
+    if (g->keep_all || g->heavy == 0)
+        return 0;
+    chunk_range(g, splits, (int32_t)(work % splits), lo, hi);
+    return 1;
+}
+
 static void match_split(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a, int32_t max_score,
                         int32_t splits)
 {
@@ -236,12 +248,11 @@ static void match_split(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match
     {
 #pragma omp for schedule(dynamic)
         for (int64_t work = 0; work < items * splits; work++) {
-            int64_t item = work / splits, lo, hi;
-            match_job job = make_job(ctx, plan, a, item);
-            item_geometry g = geometry(plan, a, job.b);
-            if (g.keep_all || g.heavy == 0)
+            match_job job;
+            item_geometry g;
+            int64_t lo, hi;
+            if (!split_chunk(ctx, plan, a, splits, work, &job, &g, &lo, &hi))
                 continue;
-            chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
             score_range(&job, lo, hi);
             full_histogram(&job, (int32_t)(hi - lo), max_score);
             memcpy(st.chunk_hist + (size_t)work * st.bins, job.hist, st.bins * sizeof(uint32_t));
@@ -256,12 +267,11 @@ static void match_split(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match
         }
 #pragma omp for schedule(dynamic)
         for (int64_t work = 0; work < items * splits; work++) {
+            match_job job;
+            item_geometry g;
             int64_t item = work / splits, lo, hi;
-            match_job job = make_job(ctx, plan, a, item);
-            item_geometry g = geometry(plan, a, job.b);
-            if (g.keep_all || g.heavy == 0)
+            if (!split_chunk(ctx, plan, a, splits, work, &job, &g, &lo, &hi))
                 continue;
-            chunk_range(&g, splits, (int32_t)(work % splits), &lo, &hi);
             int32_t *out = a->indices + item * a->index_stride + g.lo + st.chunk_offset[work];
             score_range(&job, lo, hi);
             compact(&job, lo, hi, st.threshold[item], st.first_tie[item], out);
