@@ -22,6 +22,9 @@
 #define CPU_ENCODE_BLOCK 32
 /** Sub-histograms of the scalar match histogram (breaks store-to-load chains on repeated scores). */
 #define CPU_HIST_COPIES 4
+/* Tokens one call of the match's candidates kernel scans at most (the candidate buffer keeps this
+ * much room, plus one vector, free before each call). */
+#define CPU_CAND_SLICE 2048
 
 static inline int64_t cpu_round_up(int64_t x, int64_t multiple)
 {
@@ -109,10 +112,17 @@ typedef struct cpu_kernels {
     /** The position of the wanted-th score == threshold counted from the end (wanted ≥ 1), or -1. */
     int32_t (*match_tie_start)(const void *scores, int32_t bytes, int32_t count, uint32_t threshold,
                                int64_t wanted);
-    /** Writes first + i for every i < count with score > threshold, or == threshold and i ≥ tie_start,
-     *  ascending; returns how many. */
-    int32_t (*match_compact)(const void *scores, int32_t bytes, int32_t count, int32_t first, uint32_t threshold,
-                             int64_t tie_start, int32_t *out);
+    /** For every i < count whose (byte) score is ≥ floor, in order: idx[n] = first + i and
+     *  score[n] = its score; returns n. Both buffers need room for count + 16 entries. */
+    int32_t (*match_candidates)(const cpu_score_args *a, int32_t count, int32_t first, uint32_t floor, int32_t *idx,
+                                uint8_t *score);
+    /** Keeps the candidates (idx[i], score[i]), i < count, whose score is ≥ floor, in order, at the
+     *  front of both arrays; returns how many. */
+    int32_t (*match_filter)(int32_t *idx, uint8_t *score, int32_t count, uint32_t floor);
+    /** Writes ids[i] (ids NULL: first + i) for every i < count with score > threshold, or == threshold
+     *  and i ≥ tie_start, ascending in i; returns how many. */
+    int32_t (*match_compact)(const void *scores, int32_t bytes, int32_t count, int32_t first, const int32_t *ids,
+                             uint32_t threshold, int64_t tie_start, int32_t *out);
     /** Folds count (1..CPU_ATTEND_TILE) tokens into the unit's online softmax; rows past count point
      *  at a zero row. */
     void (*attend_tile)(const cpu_attend_unit *u, const void *const *k_rows, const void *const *v_rows,
@@ -134,12 +144,20 @@ CPU_HIDDEN extern const cpu_kernels cpu_kernels_avx512;
                                                  int32_t bins, uint32_t *hist);                            \
     CPU_HIDDEN int32_t cpu_match_tie_start_##isa(const void *scores, int32_t bytes, int32_t count,           \
                                                  uint32_t threshold, int64_t wanted);                      \
+    CPU_HIDDEN int32_t cpu_match_candidates_##isa(const cpu_score_args *a, int32_t count, int32_t first,       \
+                                                  uint32_t floor, int32_t *idx, uint8_t *score);             \
+    CPU_HIDDEN int32_t cpu_match_filter_##isa(int32_t *idx, uint8_t *score, int32_t count, uint32_t floor);    \
     CPU_HIDDEN int32_t cpu_match_compact_##isa(const void *scores, int32_t bytes, int32_t count, int32_t first, \
-                                               uint32_t threshold, int64_t tie_start, int32_t *out);       \
+                                               const int32_t *ids, uint32_t threshold, int64_t tie_start,    \
+                                               int32_t *out);                                              \
     CPU_HIDDEN void cpu_attend_tile_##isa(const cpu_attend_unit *u, const void *const *k_rows,              \
                                           const void *const *v_rows, int32_t count);
 CPU_DECLARE_KERNELS(portable)
 CPU_DECLARE_KERNELS(avx512)
+/** match_candidates through any score kernel, a block at a time (byte scores only). */
+CPU_HIDDEN int32_t cpu_match_candidates_scored(void (*scores)(const cpu_score_args *, int32_t, void *),
+                                               const cpu_score_args *a, int32_t count, int32_t first, uint32_t floor,
+                                               int32_t *idx, uint8_t *score);
 
 /* ---- plugin objects ---------------------------------------------------------------------------- */
 
@@ -185,6 +203,11 @@ typedef struct cpu_plan {
     int32_t max_score;      /**< bits × group the plan can score                      */
     size_t hist_offset;
     size_t score_offset;
+    /* the candidates above a floor (byte scores only; cand_cap 0: none): token indices, scores */
+    int64_t cand_cap;
+    size_t cand_idx_offset;
+    size_t cand_score_offset;
+
     /* match split across threads: per (item, chunk) slot a histogram of max_score + 1 counters,
      * then per slot an int64 offset, per item an int64 tie start and a uint32 threshold */
     uint32_t *match_split;

@@ -1,8 +1,19 @@
 /*
- * cpu_match.c — the match stage: per (sequence, selection head) every candidate is scored once
- * (XOR + popcount, ISA kernel) into a narrow score buffer in the thread's plan scratch; over that
- * buffer a histogram gives the threshold score that the heavy budget reaches, a partial backward
- * pass applies the tie rule (equal scores: more recent first), and one pass compacts. No sort.
+ * cpu_match.c — the match stage, per (sequence, selection head) item. No sort.
+ *
+ * Usually one streaming pass over the key codes (XOR + popcount, ISA kernel) keeps only the
+ * candidates scoring at least a floor t_low, with their byte scores, in the thread's plan scratch:
+ * the floor is the threshold of the thread's previous item minus a margin, and rises whenever the
+ * buffer fills (to a score that the candidates seen so far already reach `heavy` times, so the final
+ * threshold is never below it). Over those few candidates a histogram gives the threshold score
+ * that the heavy budget reaches, a backward pass applies the tie rule (equal scores: more recent
+ * first), and a compaction writes the selection. The pass is bound by reading the codes, and the
+ * work after it is small. If the floor was too high (fewer than heavy candidates) the item is redone
+ * from floor 0.
+ *
+ * Otherwise (scores wider than a byte, budgets above a quarter of the tokens, a buffer that cannot
+ * be thinned) every candidate is scored into a score buffer and the same histogram, tie search and
+ * compaction run over all of them.
  *
  * With fewer (sequence, head) items than threads, each item's candidates are split into chunks:
  * chunk histograms in parallel; per item the threshold, the chunk holding the tie boundary and
@@ -25,6 +36,10 @@ typedef struct match_job {
     cpu_score_args score;
     void *scores;        /**< this thread's score buffer: max_tokens scores of score.score_bytes */
     uint32_t *hist;      /**< this thread's CPU_HIST_COPIES histograms                          */
+    int32_t *cand_idx;   /**< this thread's candidates: token indices ...                       */
+    uint8_t *cand_score; /**< ... and their byte scores, cand_cap of each (0: no candidate path) */
+    int64_t cand_cap;
+    uint32_t floor_hint; /**< where the next item's candidate floor starts                     */
 } match_job;
 
 /* What the budget rule makes of one (b, s): keep all n, or sinks [0, lo) + heavy of the candidates
@@ -46,6 +61,8 @@ static match_job make_job(const cpu_ctx *ctx, const cpu_plan *plan, const ha_mat
         .score = { .group = group, .words = a->words, .bits = a->bits, .stride_token = a->k_codes.stride_token,
                    .score_bytes = cpu_score_bytes((int64_t)group * a->bits) },
         .scores = scratch + plan->score_offset, .hist = (uint32_t *)(scratch + plan->hist_offset),
+        .cand_idx = (int32_t *)(scratch + plan->cand_idx_offset), .cand_score = (uint8_t *)scratch + plan->cand_score_offset,
+        .cand_cap = plan->cand_cap,
     };
     job.score.q = a->q_codes + ((int64_t)job.b * a->q_heads + (int64_t)job.s * group) * a->words;
     return job;
@@ -83,13 +100,14 @@ static void score_range(match_job *job, int64_t lo, int64_t hi)
 /* The threshold over the scored candidates (count of them): the highest score whose count(score ≥
  * it) reaches heavy; *above = count(score >). Histogram passes go down from the top bins and stop
  * once the threshold is found. */
-static uint32_t find_threshold(match_job *job, int32_t count, int32_t max_score, int64_t heavy, int64_t *above)
+static uint32_t find_threshold(match_job *job, const void *scores, int32_t count, int32_t max_score, int64_t heavy,
+                               int64_t *above)
 {
     uint32_t *hist = job->hist;
     memset(hist, 0, ((size_t)max_score + 1) * sizeof(uint32_t));
     int64_t sum = 0;
     for (int32_t hi = max_score;;) {
-        int32_t lo = job->k->match_histogram(job->scores, job->score.score_bytes, count, hi, max_score + 1, hist);
+        int32_t lo = job->k->match_histogram(scores, job->score.score_bytes, count, hi, max_score + 1, hist);
         for (int32_t v = hi; v >= lo; v--) {
             if (v == 0 || sum + hist[v] >= heavy) {
                 *above = sum;
@@ -121,7 +139,7 @@ static int64_t tie_start(match_job *job, int64_t lo, int64_t hi, uint32_t thresh
  * threshold from first_tie up; returns how many. */
 static int64_t compact(match_job *job, int64_t lo, int64_t hi, uint32_t threshold, int64_t first_tie, int32_t *out)
 {
-    return job->k->match_compact(job->scores, job->score.score_bytes, (int32_t)(hi - lo), (int32_t)lo, threshold,
+    return job->k->match_compact(job->scores, job->score.score_bytes, (int32_t)(hi - lo), (int32_t)lo, NULL, threshold,
                                  first_tie - lo, out);
 }
 
@@ -142,14 +160,81 @@ static int64_t write_fixed(const item_geometry *g, int32_t *out)
     return g->lo + g->heavy + (g->n - g->hi);
 }
 
+/* ---- candidates above a floor -------------------------------------------------------------------- */
+
+/* Raises *floor to the highest score that `heavy` of the n candidates reach and drops those below it
+ * (stable); returns the new count, or -1 when that frees no room (too many ties at the top). */
+static int64_t thin_candidates(match_job *job, int64_t n, int32_t max_score, int64_t heavy, uint32_t *floor)
+{
+    int64_t above;
+    uint32_t raised = find_threshold(job, job->cand_score, (int32_t)n, max_score, heavy, &above);
+    if (raised <= *floor)
+        return -1;
+    *floor = raised;
+    return job->k->match_filter(job->cand_idx, job->cand_score, (int32_t)n, raised);
+}
+
+/* The candidates of [g->lo, g->hi) scoring at least floor, into the thread's buffer, page run by page
+ * run and slice by slice; returns how many, or -1 when the buffer overflowed and could not be thinned
+ * (floor may have risen). */
+static int64_t gather_candidates(match_job *job, const item_geometry *g, int32_t max_score, uint32_t *floor)
+{
+    const ha_rows *r = &job->a->k_codes;
+    int64_t n = 0;
+    for (int64_t t = g->lo; t < g->hi;) {
+        int64_t end = g->hi - t > CPU_CAND_SLICE ? t + CPU_CAND_SLICE : g->hi;
+        if (r->page_size > 0) {
+            int64_t page_end = (t / r->page_size + 1) * r->page_size;
+            end = end < page_end ? end : page_end;
+        }
+        job->score.keys = ha_rows_ptr(r, sizeof(uint32_t), job->b, job->s, t);
+        n += job->k->match_candidates(&job->score, (int32_t)(end - t), (int32_t)t, *floor, job->cand_idx + n,
+                                      job->cand_score + n);
+        /* Thinned once the candidates reach 4 × heavy: a floor too low for the item (0 on a thread's
+         * first item) rises after a few slices, and each thinning filters few candidates. */
+        if (n > 4 * g->heavy + CPU_CAND_SLICE && (n = thin_candidates(job, n, max_score, g->heavy, floor)) < 0)
+            return -1;
+        if (n > job->cand_cap - CPU_CAND_SLICE - 16)
+            return -1;
+        t = end;
+    }
+    return n;
+}
+
+/* Selects the heavy tokens of one item from its candidates (writes g->heavy indices ascending);
+ * returns 0 when the item needs the full path. */
+static int select_from_candidates(match_job *job, const item_geometry *g, int32_t max_score, int32_t *out)
+{
+    if (job->cand_cap == 0 || job->score.score_bytes != 1 || 4 * g->heavy > job->cand_cap)
+        return 0;
+    uint32_t floor = job->floor_hint;
+    int64_t n = gather_candidates(job, g, max_score, &floor);
+    /* The floor was above the threshold: again a little lower (the codes are in cache now), then 0. */
+    for (uint32_t lower = 2; n >= 0 && n < g->heavy && floor > 0; lower *= 2) {
+        floor = floor > lower ? floor - lower : 0;
+        n = gather_candidates(job, g, max_score, &floor);
+    }
+    if (n < g->heavy)
+        return 0;
+    int64_t above;
+    uint32_t threshold = find_threshold(job, job->cand_score, (int32_t)n, max_score, g->heavy, &above);
+    int32_t first_tie = job->k->match_tie_start(job->cand_score, 1, (int32_t)n, threshold, g->heavy - above);
+    job->k->match_compact(job->cand_score, 1, (int32_t)n, 0, job->cand_idx, threshold, first_tie, out);
+    /* The same item at the next step, or the thread's next item (a neighbouring head or sequence),
+     * has a threshold close to this one. */
+    uint32_t margin = (uint32_t)(max_score / 32 > 1 ? max_score / 32 : 1);
+    job->floor_hint = threshold > margin ? threshold - margin : 0;
+    return 1;
+}
+
 /* The whole selection of one item on one thread. */
 static int64_t select_one(match_job *job, const item_geometry *g, int32_t max_score, int32_t *out)
 {
     int64_t count = write_fixed(g, out);
-    if (!g->keep_all && g->heavy > 0) {
+    if (!g->keep_all && g->heavy > 0 && !select_from_candidates(job, g, max_score, out + g->lo)) {
         score_range(job, g->lo, g->hi);
         int64_t above;
-        uint32_t threshold = find_threshold(job, (int32_t)(g->hi - g->lo), max_score, g->heavy, &above);
+        uint32_t threshold = find_threshold(job, job->scores, (int32_t)(g->hi - g->lo), max_score, g->heavy, &above);
         int64_t first_tie = tie_start(job, g->lo, g->hi, threshold, g->heavy - above);
         compact(job, g->lo, g->hi, threshold, first_tie, out + g->lo);
     }
@@ -313,12 +398,20 @@ ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_arg
         match_split(ctx, plan, a, max_score, splits);
         return HA_OK;
     }
-    int64_t items = (int64_t)a->batch * a->sel_heads;
-#pragma omp parallel for schedule(dynamic) num_threads(plan->threads)
-    for (int64_t item = 0; item < items; item++) {
-        match_job job = make_job(ctx, plan, a, item);
-        item_geometry g = geometry(plan, a, job.b);
-        a->counts[item] = (int32_t)select_one(&job, &g, max_score, a->indices + item * a->index_stride);
+    /* Each thread takes a contiguous block of items, so that each item's candidate floor starts from
+     * its neighbour's threshold. */
+    const int64_t items = (int64_t)a->batch * a->sel_heads;
+#pragma omp parallel num_threads(plan->threads)
+    {
+        const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+        uint32_t floor_hint = 0;
+        for (int64_t item = items * tid / threads; item < items * (tid + 1) / threads; item++) {
+            match_job job = make_job(ctx, plan, a, item);
+            job.floor_hint = floor_hint;
+            item_geometry g = geometry(plan, a, job.b);
+            a->counts[item] = (int32_t)select_one(&job, &g, max_score, a->indices + item * a->index_stride);
+            floor_hint = job.floor_hint;
+        }
     }
     return HA_OK;
 }

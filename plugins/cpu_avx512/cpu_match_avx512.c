@@ -8,7 +8,7 @@
 
 /* How far ahead (bytes of codes) the scoring loop prefetches: the hardware prefetcher alone leaves
  * the code stream at a fraction of DRAM bandwidth. */
-#define PREFETCH_AHEAD 2048
+#define PREFETCH_AHEAD 8192
 /* Bins one histogram pass counts in byte accumulators (one zmm each). */
 #define HIST_WINDOW 16
 
@@ -128,6 +128,73 @@ void cpu_match_scores_avx512(const cpu_score_args *a, int32_t count, void *score
         scores_any(a, count, scores);
 }
 
+/* Appends the lanes of one vector of distances at or above the floor (distance ≤ most) to the
+ * candidate buffers with full-width stores (the buffers have a vector of slack); returns how many. */
+CPU_INLINE int32_t append_candidates(__m512i distance, __mmask16 valid, __m512i most, __m512i best, __m512i lane,
+                                     int32_t *idx, uint8_t *score)
+{
+    __mmask16 keep = _mm512_mask_cmple_epu32_mask(valid, distance, most);
+    _mm512_storeu_si512(idx, _mm512_maskz_compress_epi32(keep, lane));
+    _mm_storeu_si128((__m128i *)score,
+                     _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(keep, _mm512_sub_epi32(best, distance))));
+    return __builtin_popcount(keep);
+}
+
+/* One-word contiguous codes, G query codes per key (a constant after inlining; 0 = a->group). */
+CPU_INLINE int32_t candidates_one_word(const cpu_score_args *a, int32_t count, int32_t first, uint32_t floor,
+                                       int32_t *idx, uint8_t *score, const int G)
+{
+    const uint32_t best_score = (uint32_t)a->group * (uint32_t)a->bits;
+    if (floor > best_score)
+        return 0;
+    const __m512i mask = _mm512_set1_epi32((int)cpu_code_word_mask(0, a->bits));
+    const __m512i best = _mm512_set1_epi32((int)best_score);
+    const __m512i most = _mm512_set1_epi32((int)(best_score - floor)); /* score ≥ floor ⇔ distance ≤ most */
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i q[4];
+    CPU_UNROLL
+    for (int h = 0; h < G; h++)
+        q[h] = _mm512_set1_epi32((int)a->q[h]);
+    __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                    _mm512_set1_epi32(first));
+    int32_t n = 0, i = 0;
+    for (; i + 16 <= count; i += 16) {
+        _mm_prefetch((const char *)(a->keys + i) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m512i k = _mm512_loadu_si512(a->keys + i), distance;
+        if (G == 0) {
+            distance = one_word_distance(a, k, mask);
+        } else {
+            distance = _mm512_popcnt_epi32(_mm512_and_si512(_mm512_xor_si512(k, q[0]), mask));
+            CPU_UNROLL
+            for (int h = 1; h < G; h++)
+                distance = _mm512_add_epi32(distance,
+                                            _mm512_popcnt_epi32(_mm512_and_si512(_mm512_xor_si512(k, q[h]), mask)));
+        }
+        n += append_candidates(distance, (__mmask16)0xffff, most, best, lane, idx + n, score + n);
+        lane = _mm512_add_epi32(lane, step);
+    }
+    if (i < count) {
+        __mmask16 m = cpu_tail_mask(count - i);
+        __m512i distance = one_word_distance(a, _mm512_maskz_loadu_epi32(m, a->keys + i), mask);
+        n += append_candidates(distance, m, most, best, lane, idx + n, score + n);
+    }
+    return n;
+}
+
+int32_t cpu_match_candidates_avx512(const cpu_score_args *a, int32_t count, int32_t first, uint32_t floor,
+                                    int32_t *idx, uint8_t *score)
+{
+    if (a->words == 1 && a->stride_token == 1 && a->score_bytes == 1) {
+        switch (a->group) { /* paper mode; group mode with GQA groups of 2 and 4 */
+        case 1: return candidates_one_word(a, count, first, floor, idx, score, 1);
+        case 2: return candidates_one_word(a, count, first, floor, idx, score, 2);
+        case 4: return candidates_one_word(a, count, first, floor, idx, score, 4);
+        default: return candidates_one_word(a, count, first, floor, idx, score, 0);
+        }
+    }
+    return cpu_match_candidates_scored(cpu_match_scores_avx512, a, count, first, floor, idx, score);
+}
+
 static inline uint64_t tail_mask64(int32_t n)
 {
     return n >= 64 ? ~0ull : n <= 0 ? 0ull : (1ull << n) - 1ull;
@@ -197,11 +264,30 @@ int32_t cpu_match_tie_start_avx512(const void *scores, int32_t bytes, int32_t co
     return -1;
 }
 
-int32_t cpu_match_compact_avx512(const void *scores, int32_t bytes, int32_t count, int32_t first, uint32_t threshold,
-                                 int64_t tie_start, int32_t *out)
+int32_t cpu_match_filter_avx512(int32_t *idx, uint8_t *score, int32_t count, uint32_t floor)
+{
+    /* In place: each block of 16 is read before the (never later) output position is written. */
+    const __m512i lowest = _mm512_set1_epi32((int)floor);
+    int32_t kept = 0;
+    for (int32_t i = 0; i < count; i += 16) {
+        __mmask16 m = cpu_tail_mask(count - i);
+        __m512i s = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, score + i));
+        __m512i x = _mm512_maskz_loadu_epi32(m, idx + i);
+        __mmask16 keep = _mm512_mask_cmpge_epu32_mask(m, s, lowest);
+        int taken = __builtin_popcount(keep);
+        __mmask16 out = (__mmask16)((1u << taken) - 1u);
+        _mm512_mask_storeu_epi32(idx + kept, out, _mm512_maskz_compress_epi32(keep, x));
+        _mm_mask_storeu_epi8(score + kept, out, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(keep, s)));
+        kept += taken;
+    }
+    return kept;
+}
+
+int32_t cpu_match_compact_avx512(const void *scores, int32_t bytes, int32_t count, int32_t first, const int32_t *ids,
+                                 uint32_t threshold, int64_t tie_start, int32_t *out)
 {
     if (bytes != 1)
-        return cpu_match_compact_portable(scores, bytes, count, first, threshold, tie_start, out);
+        return cpu_match_compact_portable(scores, bytes, count, first, ids, threshold, tie_start, out);
     const uint8_t *s = scores;
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i thr = _mm512_set1_epi8((char)threshold);
@@ -217,6 +303,8 @@ int32_t cpu_match_compact_avx512(const void *scores, int32_t bytes, int32_t coun
         for (int32_t q = 0; q < 4; q++, keep >>= 16) {
             __mmask16 k = (__mmask16)keep;
             int taken = __builtin_popcount(k);
+            if (ids)
+                idx = _mm512_maskz_loadu_epi32(cpu_tail_mask(count - i - 16 * q), ids + i + 16 * q);
             _mm512_mask_storeu_epi32(out + n, (__mmask16)((1u << taken) - 1u), _mm512_maskz_compress_epi32(k, idx));
             n += taken;
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));

@@ -76,14 +76,51 @@ int32_t cpu_match_tie_start_portable(const void *scores, int32_t bytes, int32_t 
     return -1;
 }
 
+int32_t cpu_match_candidates_scored(void (*scores)(const cpu_score_args *, int32_t, void *), const cpu_score_args *a,
+                                    int32_t count, int32_t first, uint32_t floor, int32_t *idx, uint8_t *score)
+{
+    enum { BLOCK = 256 };
+    uint8_t block[BLOCK];
+    cpu_score_args part = *a;
+    int32_t n = 0;
+    for (int32_t i = 0; i < count; i += BLOCK) {
+        int32_t len = count - i < BLOCK ? count - i : BLOCK;
+        part.keys = a->keys + (int64_t)i * a->stride_token;
+        scores(&part, len, block);
+        for (int32_t j = 0; j < len; j++)
+            if (block[j] >= floor) {
+                idx[n] = first + i + j;
+                score[n++] = block[j];
+            }
+    }
+    return n;
+}
+
+int32_t cpu_match_candidates_portable(const cpu_score_args *a, int32_t count, int32_t first, uint32_t floor,
+                                      int32_t *idx, uint8_t *score)
+{
+    return cpu_match_candidates_scored(cpu_match_scores_portable, a, count, first, floor, idx, score);
+}
+
+int32_t cpu_match_filter_portable(int32_t *idx, uint8_t *score, int32_t count, uint32_t floor)
+{
+    int32_t kept = 0;
+    for (int32_t i = 0; i < count; i++)
+        if (score[i] >= floor) {
+            idx[kept] = idx[i];
+            score[kept++] = score[i];
+        }
+    return kept;
+}
+
 int32_t cpu_match_compact_portable(const void *scores, int32_t bytes, int32_t count, int32_t first,
-                                   uint32_t threshold, int64_t tie_start, int32_t *out)
+                                   const int32_t *ids, uint32_t threshold, int64_t tie_start, int32_t *out)
 {
     int32_t n = 0;
     for (int32_t i = 0; i < count; i++) {
         uint32_t s = cpu_score_at(scores, bytes, i);
         if (s > threshold || (s == threshold && i >= tie_start))
-            out[n++] = first + i;
+            out[n++] = ids ? ids[i] : first + i;
     }
     return n;
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cpu_internal.h"
 
@@ -18,6 +19,8 @@ const cpu_kernels cpu_kernels_portable = {
     .match_scores = cpu_match_scores_portable,
     .match_histogram = cpu_match_histogram_portable,
     .match_tie_start = cpu_match_tie_start_portable,
+    .match_candidates = cpu_match_candidates_portable,
+    .match_filter = cpu_match_filter_portable,
     .match_compact = cpu_match_compact_portable,
     .attend_tile = cpu_attend_tile_portable,
 };
@@ -29,6 +32,8 @@ const cpu_kernels cpu_kernels_avx512 = {
     .match_scores = cpu_match_scores_avx512,
     .match_histogram = cpu_match_histogram_avx512,
     .match_tie_start = cpu_match_tie_start_avx512,
+    .match_candidates = cpu_match_candidates_avx512,
+    .match_filter = cpu_match_filter_avx512,
     .match_compact = cpu_match_compact_avx512,
     .attend_tile = cpu_attend_tile_avx512,
 };
@@ -121,6 +126,8 @@ static const char *cpu_last_error_entry(void *ctx)
 /* ---- host memory ------------------------------------------------------------------------------- */
 
 /* 64-byte aligned; the size is rounded up to a multiple of 64, so 0 bytes gives a unique block. */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
 static void *cpu_mem_alloc(void *ctx, size_t bytes)
 {
     (void)ctx;
@@ -130,10 +137,19 @@ static void *cpu_mem_alloc(void *ctx, size_t bytes)
     }
     void *p = NULL;
     size_t rounded = bytes == 0 ? 64 : (bytes + 63) & ~(size_t)63;
-    if (posix_memalign(&p, 64, rounded) != 0) {
+    /* Large buffers (K/V, key codes) on transparent huge pages: sparse attention reads rows scattered
+     * over the whole cache, and with 4 KiB pages nearly every row would also miss the TLB. */
+    size_t align = rounded >= HUGE_PAGE_BYTES ? HUGE_PAGE_BYTES : 64;
+    if (align == HUGE_PAGE_BYTES)
+        rounded = (rounded + HUGE_PAGE_BYTES - 1) & ~(size_t)(HUGE_PAGE_BYTES - 1);
+    if (posix_memalign(&p, align, rounded) != 0) {
         cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mem_alloc: cannot allocate %zu bytes", bytes);
         return NULL;
     }
+#ifdef MADV_HUGEPAGE
+    if (align == HUGE_PAGE_BYTES)
+        (void)madvise(p, rounded, MADV_HUGEPAGE); /* a hint: without THP the buffer works as it is */
+#endif
     return p;
 }
 
