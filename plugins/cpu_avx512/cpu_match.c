@@ -230,6 +230,10 @@ static int select_from_candidates(match_job *job, const item_geometry *g, int32_
 /* The whole selection of one item on one thread. */
 static int64_t select_one(match_job *job, const item_geometry *g, int32_t max_score, int32_t *out)
 {
+    /* The index row is written last but fetched for writing now, while the codes stream in. */
+    int64_t row_bytes = (g->keep_all ? g->n : g->lo + g->heavy + (g->n - g->hi)) * (int64_t)sizeof(int32_t);
+    for (int64_t off = 0; off < row_bytes; off += 64)
+        __builtin_prefetch((const char *)out + off, 1);
     int64_t count = write_fixed(g, out);
     if (!g->keep_all && g->heavy > 0 && !select_from_candidates(job, g, max_score, out + g->lo)) {
         score_range(job, g->lo, g->hi);
