@@ -12,7 +12,10 @@ repetition on the next of several input sets whose total exceeds the L2 cache.
 
 Shapes: Llama-3.1-8B decode (Hq 32, Hkv 8, d 128, bf16), B × n from --batches / --lengths (or the
 list --shapes), 32× and 16× sparsity (heavy = n/32, n/16; sink 128, local 128), paper and group
-mode; random mapping MLPs of depth 3 (128→128→128→32) from tools/ha-make-weights.
+mode; random mapping MLPs of depth 3 (128→128→128→32) from tools/ha-make-weights. --config paper
+is the HashAttention paper's benchmark configuration instead: MHA (Hq = Hkv = 32), fp16 Q, K, V and
+output, top-k n/32 (heavy = n/32, sink and local 128 as above), one mode (with MHA the paper's
+per-head selection and group mode coincide), B × n 1×8K, 1×128K, 16×32K unless --shapes says.
 
 With --stages, each stage is also timed alone (graph replays of ha_encode_queries, of
 ha_cache_encode_keys for the step's one new key, of ha_match and of ha_attend) against its own byte
@@ -38,7 +41,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 HQ, HKV, D, BITS = 32, 8, 128, 32
 SINK, LOCAL = 128, 128
-HA_BF16 = 2
+HA_F16, HA_BF16 = 1, 2
+DTYPE, HA_DTYPE = torch.bfloat16, HA_BF16  # of Q, K, V and the output
+# --config: (Hq, Hkv, torch dtype, ha dtype, default modes, default sparsities, default shapes)
+CONFIGS = {
+    "llama": (32, 8, torch.bfloat16, HA_BF16, "paper,group", "32,16", None),
+    "paper": (32, 32, torch.float16, HA_F16, "paper", "32", "1x8192,1x131072,16x32768"),
+}
 
 
 # ---- the public API through ctypes (structures as in include/hashattn.h) ------------------------
@@ -119,13 +128,13 @@ class InputSet:
 
     def __init__(self, lib, rt, weights, plan, shape, stream):
         b, n = shape.batch, shape.n
-        self.q = torch.randn(b, HQ, D, device="cuda", dtype=torch.bfloat16)
-        self.k = torch.randn(b, HKV, n, D, device="cuda", dtype=torch.bfloat16)
-        self.v = torch.randn(b, HKV, n, D, device="cuda", dtype=torch.bfloat16)
-        self.out = torch.empty(b, HQ, D, device="cuda", dtype=torch.bfloat16)
+        self.q = torch.randn(b, HQ, D, device="cuda", dtype=DTYPE)
+        self.k = torch.randn(b, HKV, n, D, device="cuda", dtype=DTYPE)
+        self.v = torch.randn(b, HKV, n, D, device="cuda", dtype=DTYPE)
+        self.out = torch.empty(b, HQ, D, device="cuda", dtype=DTYPE)
         self.lens = torch.full((b,), n, device="cuda", dtype=torch.int32)
         self.lib = lib
-        self.kv = Kv(self.k.data_ptr(), self.v.data_ptr(), HA_BF16, HKV * n * D, D, n * D, 0, 0, None, n)
+        self.kv = Kv(self.k.data_ptr(), self.v.data_ptr(), HA_DTYPE, HKV * n * D, D, n * D, 0, 0, None, n)
         cc = CacheConfig(C.sizeof(CacheConfig), 0, b, n, 0)
         self.cache = C.c_void_p()
         lib.ok(lib.h.ha_cache_create(rt, weights, C.byref(cc), C.byref(self.cache)), "ha_cache_create")
@@ -133,8 +142,8 @@ class InputSet:
         lib.ok(lib.h.ha_cache_encode_keys(plan, self.cache, 0, C.byref(self.kv), b, C.c_void_p(prompt.data_ptr()),
                                           n - 1, C.c_void_p(stream)), "ha_cache_encode_keys")
         torch.cuda.synchronize()
-        self.step = Step(b, self.lens.data_ptr(), 1, Tensor3(self.q.data_ptr(), HA_BF16, HQ * D, D), self.kv,
-                         Tensor3(self.out.data_ptr(), HA_BF16, HQ * D, D), None, None)
+        self.step = Step(b, self.lens.data_ptr(), 1, Tensor3(self.q.data_ptr(), HA_DTYPE, HQ * D, D), self.kv,
+                         Tensor3(self.out.data_ptr(), HA_DTYPE, HQ * D, D), None, None)
 
     def hash_step(self, plan):
         self.step.stream = torch.cuda.current_stream().cuda_stream
@@ -165,7 +174,7 @@ class InputSet:
         ]
 
     def sdpa(self):
-        return F.scaled_dot_product_attention(self.q.unsqueeze(2), self.k, self.v, enable_gqa=True)
+        return F.scaled_dot_product_attention(self.q.unsqueeze(2), self.k, self.v, enable_gqa=HQ != HKV)
 
     def free(self):
         self.lib.h.ha_cache_destroy(self.cache)
@@ -358,11 +367,18 @@ def main():
     ap.add_argument("--shapes", default=None, help="B×n pairs, e.g. 1x8192,16x32768 (instead of batches × lengths)")
     ap.add_argument("--stages", action="store_true", help="also time each stage alone against its byte floor")
     ap.add_argument("--profile", action="store_true", help="run only the hashattn steps, inside cudaProfilerStart/Stop")
-    ap.add_argument("--modes", default="paper,group")
-    ap.add_argument("--sparsities", default="32,16")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="llama",
+                    help="llama: Hq 32, Hkv 8, bf16; paper: the paper's MHA 32 heads, fp16, top-k n/32")
+    ap.add_argument("--modes", default=None, help="paper,group (default: the config's)")
+    ap.add_argument("--sparsities", default=None, help="e.g. 32,16 (default: the config's)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--max-kv-gib", type=float, default=40.0, help="skip shapes whose K+V exceed this")
     args = ap.parse_args()
+    global HQ, HKV, DTYPE, HA_DTYPE
+    HQ, HKV, DTYPE, HA_DTYPE, modes, sparsities, shapes = CONFIGS[args.config]
+    args.modes = args.modes or modes
+    args.sparsities = args.sparsities or sparsities
+    args.shapes = args.shapes or shapes
 
     torch.manual_seed(0)
     torch.cuda.init()
@@ -374,7 +390,8 @@ def main():
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     bw = copy_bandwidth()
     info = {"device": props.name, "backend": lib.h.ha_runtime_backend_description(rt).decode(),
-            "torch": torch.__version__, "copy_bandwidth_GBps": bw / 1e9, "l2_bytes": l2}
+            "torch": torch.__version__, "copy_bandwidth_GBps": bw / 1e9, "l2_bytes": l2, "config": args.config,
+            "q_heads": HQ, "kv_heads": HKV, "dtype": str(DTYPE).replace("torch.", "")}
     print(f"{info['device']}: copy {bw / 1e9:.0f} GB/s, L2 {l2 >> 20} MiB; hashattn: {info['backend']}", flush=True)
 
     results = []

@@ -2,17 +2,21 @@
 # device_bench.sh — on a machine with an NVIDIA GPU, in one go, each step under a time limit so that
 # the whole fits one lent-machine call (scripts/device_test.sh is the full check):
 #
-#   1. build hashattn from scratch with the cuda plugin;
-#   2. meson test conformance-cuda and test_cuda_graph (must pass);
-#   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too;
+#   1. build from scratch what the steps need (the cuda plugin, the core, the two tests, ha-make-weights);
+#   2. conformance-cuda and test_cuda_graph (must pass), and the conformance suite once more with
+#      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card);
+#   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then
+#      the paper's configuration (--config paper: MHA 32 heads, fp16, top-k n/32) unless PAPER_SHAPES=none;
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
 #   5. compute-sanitizer memcheck and racecheck on a few conformance cases, memcheck on the graph test.
 #
 # Usage: scripts/device_bench.sh
 # Environment: BENCH_SHAPES (B×n list, default 1x8192,1x131072,1x524288,16x32768), BENCH_SPARSITIES
-# (32), BENCH_REPS (30), PROFILE_SHAPE (1x131072), SANITIZE_CHECKS (TOOL:CASE list, see below).
+# (32), BENCH_REPS (30), PAPER_SHAPES (1x8192,1x131072,16x32768; none: skip), PROFILE_SHAPE
+# (1x131072), SANITIZE_CHECKS (TOOL:CASE list, see below), SANITIZE_SECONDS (45, the limit of each).
 # Writes under $OUT (default: the current directory): device_bench.log, meson-testlog.txt,
-# results_cuda.json, results_cuda.png, ncu.txt. Exit status 0 only if every step passed.
+# results_cuda.json, results_cuda.png, results_cuda_paper.json, ncu.txt. Exit status 0 only if every
+# step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD}
@@ -23,7 +27,7 @@ work=$(mktemp -d)
 build=$work/build
 source scripts/device_deps.sh "$work/deps"
 # TOOL:CASE (a substring of conformance case names, or "graph" for test_cuda_graph)
-checks=${SANITIZE_CHECKS:-"memcheck:llama racecheck:llama-group memcheck:odd-lengths memcheck:graph racecheck:paged7 memcheck:paged7"}
+checks=${SANITIZE_CHECKS:-"memcheck:llama racecheck:llama-group memcheck:long-one-item racecheck:long-one-item memcheck:graph memcheck:odd-lengths racecheck:paged7 memcheck:paged7 synccheck:long-one-item"}
 
 say() { echo "$*" | tee -a "$log"; }
 results=()
@@ -45,13 +49,22 @@ say "hashattn device bench, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 
 step "meson setup" 60 meson setup "$build" -Dcuda=enabled >/dev/null || exit 1
-step "ninja" 300 ninja -C "$build" || exit 1
-step "conformance-cuda, test_cuda_graph" 180 meson test -C "$build" conformance-cuda test_cuda_graph --print-errorlogs
+step "ninja" 300 ninja -C "$build" plugins/cuda/hashattn_cuda.so core/libhashattn.so.0.1.0 tests/conformance \
+  tests/test_cuda_graph tools/ha-make-weights || exit 1
+step "conformance-cuda, test_cuda_graph" 180 meson test -C "$build" --no-rebuild conformance-cuda test_cuda_graph \
+  --print-errorlogs
 cp "$build/meson-logs/testlog.txt" "$out/meson-testlog.txt" 2>/dev/null
+step "conformance, HASHATTN_CUDA_PORTABLE=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_PORTABLE=1 \
+  HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
   --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" \
   --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda.json" --png "$out/results_cuda.png"
+if [ "${PAPER_SHAPES:-}" != none ]; then
+  step "bench_cuda.py --config paper" 180 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
+    --config paper --shapes "${PAPER_SHAPES:-1x8192,1x131072,16x32768}" --reps "${BENCH_REPS:-30}" --stages \
+    --json "$out/results_cuda_paper.json"
+fi
 
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$ncu" ]; then
@@ -75,8 +88,8 @@ if [ -n "$sanitizer" ]; then
   # most telling first: the call may end before the last
   for run in $checks; do
     tool=${run%%:*} c=${run#*:}
-    if [ "$c" = graph ]; then san 45 "$tool" "" "$build/tests/test_cuda_graph"
-    else san 45 "$tool" "$c" "$build/tests/conformance"; fi
+    if [ "$c" = graph ]; then san "${SANITIZE_SECONDS:-45}" "$tool" "" "$build/tests/test_cuda_graph"
+    else san "${SANITIZE_SECONDS:-45}" "$tool" "$c" "$build/tests/conformance"; fi
   done
 else
   say "compute-sanitizer not found"; failed=1

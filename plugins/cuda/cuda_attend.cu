@@ -188,7 +188,6 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
     constexpr int E = NV * VEC;                    /* elements per lane      */
     extern __shared__ __align__(16) float smem[];
     __shared__ float total_s[CU_ATTEND_MAX_HEADS], top_s[CU_ATTEND_MAX_HEADS];
-    __shared__ bool last_s;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
     const int d = p.head_dim, H = p.unit_heads, LPR = p.lanes_per_row, RPW = 32 / LPR;
     const int sub = lane & (LPR - 1), row_in_step = lane / LPR, slots = warps * RPW, slot = warp * RPW + row_in_step;
@@ -200,6 +199,8 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
     const size_t q_elem = ha_elem_size(p.q.dtype), kv_elem = ha_elem_size((ha_dtype)DT);
     const char *k_data = (const char *)p.k.data, *v_data = (const char *)p.v.data;
     const int64_t work = (int64_t)p.batch * p.units_per_seq * p.splits;
+    cu_let_next_grid_start();
+    cu_wait_prior_grids(); /* the index lists of the match stage */
 
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
         const int64_t unit = w / p.splits;
@@ -377,18 +378,9 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
         }
         if (p.splits == 1)
             continue;
-        /* the last split of the unit to get here merges them (and resets the counter for the next launch) */
-        __threadfence();
-        __syncthreads();
-        if (tid == 0)
-            last_s = atomicAdd(&p.arrived[unit], 1u) == (uint32_t)p.splits - 1u;
-        __syncthreads();
-        if (!last_s)
-            continue;
-        __threadfence();
-        merge_splits(p, b, h0, weight, total_s, top_s);
-        if (tid == 0)
-            p.arrived[unit] = 0;
+        /* the last split of the unit to get here merges them */
+        if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits))
+            merge_splits(p, b, h0, weight, total_s, top_s);
     }
 }
 
@@ -535,6 +527,6 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
                        p.unit_heads, p.head_dim, smem);
     cudaStream_t stream = (cudaStream_t)a->stream;
     attend_kernel_fn kernel = pick_kernel(a->k.dtype, vector, p.unit_heads);
-    kernel<<<cu_grid(units * p.splits), CU_ATTEND_THREADS, smem, stream>>>(p);
-    return cu_check(cudaGetLastError(), "cuda attend: kernel launch");
+    return cu_launch(ctx, kernel, cu_grid(units * p.splits), CU_ATTEND_THREADS, smem, stream, 1,
+                     "cuda attend: kernel launch", p);
 }

@@ -1,12 +1,15 @@
 /*
- * cuda_device.cuh — device-side helpers the kernels share: row addressing (ha_rows), length
- * clamping, grid-stride loops, and a block-wide exclusive prefix sum.
+ * cuda_device.cuh — helpers the kernels share: row addressing (ha_rows), length clamping, grid-stride
+ * loops, a block-wide exclusive prefix sum, the "last block to arrive" pattern, and the launch of a
+ * kernel with the sm_90 features (programmatic dependent launch, clusters).
  */
 #ifndef HA_CUDA_DEVICE_CUH
 #define HA_CUDA_DEVICE_CUH
 
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <utility>
 
 #include "cuda_internal.h"
 
@@ -113,6 +116,85 @@ static __device__ __forceinline__ float cu_warp_max(float x)
     for (int d = 16; d > 0; d >>= 1)
         x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, d));
     return x;
+}
+
+/**
+ * "The last block to arrive": every thread of a block calls it once the block's results are written;
+ * it returns true, in every thread, in the block that is the `expected`-th to arrive at `counter`.
+ * That block then sees every other block's writes (read them through L2: __ldcg), and its thread 0
+ * has already put the counter back to 0 for the next launch (every arrival of this one is counted).
+ */
+static __device__ __forceinline__ bool cu_last_to_arrive(uint32_t *counter, uint32_t expected)
+{
+    __threadfence(); /* this thread's results before the block's arrival */
+    __syncthreads();
+    bool last = false;
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1u) == expected - 1u;
+        if (last)
+            *counter = 0;
+    }
+    last = __syncthreads_or(last);
+    if (last)
+        __threadfence(); /* the other blocks' results after their arrivals */
+    return last;
+}
+
+/* ---- programmatic dependent launch (sm_90; no-ops before) --------------------------------------------
+ * cu_launch lets a kernel start while the stream's previous kernel drains, so every kernel it
+ * launches calls cu_wait_prior_grids before it reads what an earlier kernel wrote or writes what one
+ * reads (what it does before touches only constant data: weights, its own shared memory). */
+
+/** Waits until the grids this one depends on have completed and their writes are visible. */
+static __device__ __forceinline__ void cu_wait_prior_grids()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+/** Lets the stream's next kernel be scheduled now (it waits in cu_wait_prior_grids for this one). */
+static __device__ __forceinline__ void cu_let_next_grid_start()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/**
+ * Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch where
+ * ctx->sm90, and as clusters of `cluster` consecutive blocks when cluster > 1 (sm_90 only). Captured
+ * into CUDA graphs like a plain launch.
+ */
+template <typename... Params, typename... Args>
+static ha_status cu_launch(const cu_ctx *ctx, void (*kernel)(Params...), unsigned grid, unsigned block, size_t smem,
+                           cudaStream_t stream, unsigned cluster, const char *what, Args &&...args)
+{
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (ctx->sm90) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n].val.clusterDim.z = 1;
+        n++;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    if (err != cudaSuccess)
+        cudaGetLastError(); /* not sticky: clear it */
+    return cu_check(err, what);
 }
 
 /**

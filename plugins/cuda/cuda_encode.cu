@@ -106,6 +106,7 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
     float *red = act_b + TILE * p.act_stride;
     const int tid = threadIdx.x, lane = tid & 31;
     const int64_t total = p.job[0].blocks + (p.jobs > 1 ? p.job[1].blocks : 0);
+    cu_let_next_grid_start();
 
     for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
         const bool second = item >= p.job[0].blocks;
@@ -124,6 +125,9 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
                 copy_commit();
             }
         }
+        /* the parameters (constant) are on their way while the stream's previous kernel finishes;
+         * the inputs, lengths and code rows are touched only after it */
+        cu_wait_prior_grids();
         /* the tile's rows: row ρ is token j = ρ % count of sequence ρ / count */
         if (tid < TILE) {
             const int64_t rho = tile * TILE + tid;
@@ -346,14 +350,10 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
         blocks += J->blocks;
     }
     cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
-    const unsigned grid = cu_grid(blocks);
-    if (tile == 1)
-        encode_kernel<1><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
-    else if (tile == 4)
-        encode_kernel<4><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
-    else
-        encode_kernel<CU_ENCODE_MAX_TILE><<<grid, CU_ENCODE_THREADS, smem, stream>>>(p);
-    return cu_check(cudaGetLastError(), "cuda encode: kernel launch");
+    void (*kernel)(const encode_params) = tile == 1   ? encode_kernel<1>
+                                          : tile == 4 ? encode_kernel<4>
+                                                      : encode_kernel<CU_ENCODE_MAX_TILE>;
+    return cu_launch(ctx, kernel, cu_grid(blocks), CU_ENCODE_THREADS, smem, stream, 1, "cuda encode: kernel launch", p);
 }
 
 ha_status cu_encode(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_args *a)

@@ -41,6 +41,10 @@ typedef struct cu_ctx {
     int device;
     int sm_count;
     size_t smem_optin;    /**< largest dynamic shared memory a block may ask for */
+    /** sm_90 launch features in use: thread-block clusters (the one-launch match) and programmatic
+     *  dependent launch (a kernel starts while the stream's previous one drains). Off before sm_90
+     *  and where HASHATTN_CUDA_PORTABLE=1 (which tests the sm_89 paths on an sm_90 device). */
+    bool sm90;
     void (*log)(ha_log_level level, const char *message);
     char description[192];
 } cu_ctx;
@@ -108,6 +112,8 @@ CU_HIDDEN size_t cu_match_smem(int32_t bins, int32_t code_words);
 CU_HIDDEN int32_t cu_match_warps(void);
 /** (item, chunk) slots the match stage uses for `items` items under the plan. */
 CU_HIDDEN int32_t cu_match_chunks(const cu_plan *plan, int64_t items);
+/** Blocks per cluster (chunks per item, ≤ the match block's warps) of the one-launch match. */
+CU_HIDDEN int32_t cu_match_cluster_size(const cu_plan *plan, int64_t items);
 /** Splits per attend unit for `units` units of up to `max_len` tokens under the plan. */
 CU_HIDDEN int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len);
 

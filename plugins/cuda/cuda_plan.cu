@@ -13,6 +13,12 @@
 
 /* Fewest candidates worth a match block of their own. */
 #define CU_MATCH_MIN_CHUNK 1024
+/* The one-launch match (sm_90): fewest candidates worth a block of an item's cluster, and the most
+ * blocks of a cluster (the portable cluster size; the planning gives each chunk a warp). */
+#define CU_MATCH_CLUSTER_MIN_CHUNK 512
+#define CU_MATCH_CLUSTER_MAX 8
+/* Longest chunk the one-launch match aims for (a byte of score each in shared memory) */
+#define CU_MATCH_CLUSTER_LONGEST_CHUNK 16384
 /* Fewest tokens worth an attend split of their own (a warp takes 8 or 16 rows per round). */
 #define CU_ATTEND_MIN_SPLIT 64
 /* Blocks per SM that the partitions aim for: what the registers of the match kernels and of the usual
@@ -36,6 +42,17 @@ int32_t cu_match_chunks(const cu_plan *plan, int64_t items)
     cap = cap < CU_MATCH_THREADS ? cap : CU_MATCH_THREADS; /* the planning pass gives a chunk a thread */
     /* one wave: as many blocks as the match kernels' registers keep resident at once */
     return clamp_count(plan->target_blocks / (items < 1 ? 1 : items), cap);
+}
+
+int32_t cu_match_cluster_size(const cu_plan *plan, int64_t items)
+{
+    int64_t cap = ceil_div(plan->desc.max_tokens, CU_MATCH_CLUSTER_MIN_CHUNK);
+    cap = cap < CU_MATCH_CLUSTER_MAX ? cap : CU_MATCH_CLUSTER_MAX;
+    /* one wave, and chunks short enough that several blocks share an SM (one block keeps too few
+     * bytes in flight to stream a long chunk) */
+    const int64_t wave = plan->target_blocks / (items < 1 ? 1 : items);
+    const int64_t shorter = ceil_div(plan->desc.max_tokens, CU_MATCH_CLUSTER_LONGEST_CHUNK);
+    return clamp_count(wave > shorter ? wave : shorter, cap);
 }
 
 int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len)

@@ -116,10 +116,12 @@ static ha_status init_device(cu_ctx *ctx)
                        "%d.%d or newer", ctx->device, prop.name, prop.major, prop.minor, CU_MIN_MAJOR, CU_MIN_MINOR);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->smem_optin = prop.sharedMemPerBlockOptin;
-    snprintf(ctx->description, sizeof ctx->description, "%.100s (device %d, sm_%d%d, %d SMs, %.0f GiB), CUDA runtime %d.%d",
+    const char *portable = getenv("HASHATTN_CUDA_PORTABLE");
+    ctx->sm90 = prop.major >= 9 && !(portable && portable[0] == '1');
+    snprintf(ctx->description, sizeof ctx->description, "%.100s (device %d, sm_%d%d, %d SMs, %.0f GiB), CUDA runtime %d.%d%s",
              prop.name, ctx->device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), CUDART_VERSION / 1000,
-             CUDART_VERSION % 1000 / 10);
+             CUDART_VERSION % 1000 / 10, ctx->sm90 ? "" : ", portable kernels");
     cu_device_scope scope(ctx->device);
     st = scope.status("cuda init: cudaSetDevice");
     /* Loads every kernel now (not lazily inside a later graph capture) and raises their limits. */
