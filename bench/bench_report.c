@@ -60,7 +60,7 @@ void bench_print_header(FILE *to)
                 "shared the CPUs)\n");
 }
 
-void bench_print_row(FILE *to, const bench_result *r, double read_gbps)
+void bench_print_row(FILE *to, const bench_result *r)
 {
     const bench_timing *s = r->stage;
     fprintf(to, "%-5s %3d %2d %6lld %5lld %3d | %8.3f %8.3f %6.2fx %6.2fx | %8.3f %8.3f %8.3f %8.3f |", mode_name(r->mode),
@@ -69,7 +69,7 @@ void bench_print_row(FILE *to, const bench_result *r, double read_gbps)
             1e3 * s[BENCH_ENCODE_K].median_s, 1e3 * s[BENCH_MATCH].median_s, 1e3 * s[BENCH_ATTEND].median_s);
     fprintf(to, "                  ");
     for (int i = 0; i < BENCH_STAGE_COUNT; i++)
-        fprintf(to, " %4.0f", 100.0 * bench_fraction_of_floor(&s[i], read_gbps));
+        fprintf(to, " %4.0f", 100.0 * bench_fraction_of_floor(&s[i], r->read_gbps));
     fprintf(to, "  preempted %ld%s\n", r->preemptions, r->selection_ok ? "" : "  [selection counts wrong!]");
 }
 
@@ -92,7 +92,7 @@ static int is_target_config(const bench_result *r)
     return r->tokens == TARGET_TOKENS && r->sparsity == TARGET_SPARSITY && r->mode == HA_MODE_PAPER;
 }
 
-void bench_print_targets(FILE *to, const bench_result *results, size_t count, double read_gbps)
+void bench_print_targets(FILE *to, const bench_result *results, size_t count)
 {
     int any = 0;
     for (size_t i = 0; i < count; i++) {
@@ -101,7 +101,7 @@ void bench_print_targets(FILE *to, const bench_result *results, size_t count, do
             continue;
         any = 1;
         double sp = speedup(r), share;
-        double mf = bench_fraction_of_floor(&r->stage[BENCH_MATCH], read_gbps);
+        double mf = bench_fraction_of_floor(&r->stage[BENCH_MATCH], r->read_gbps);
         bench_stage worst = slowest_part(r, &share);
         fprintf(to, "targets at n = %d, %dx, paper mode, B = %d:\n", TARGET_TOKENS, TARGET_SPARSITY, r->batch);
         fprintf(to, "  hash step >= %.0fx faster than dense: %.2fx -> %s (byte-floor ratio %.2fx; slowest stage %s, %.0f%% of "
@@ -124,31 +124,31 @@ static json_t *timing_json(const bench_timing *t, double read_gbps)
                      "floor_s", floor_s, "fraction_of_floor", bench_fraction_of_floor(t, read_gbps));
 }
 
-static json_t *result_json(const bench_result *r, double read_gbps)
+static json_t *result_json(const bench_result *r)
 {
     json_t *stages = json_object();
     for (int i = 0; i < BENCH_STAGE_COUNT; i++)
-        json_object_set_new(stages, STAGE_NAMES[i], timing_json(&r->stage[i], read_gbps));
+        json_object_set_new(stages, STAGE_NAMES[i], timing_json(&r->stage[i], r->read_gbps));
     double stage_sum = 0.0;
     for (int i = BENCH_ENCODE_Q; i <= BENCH_ATTEND; i++)
         stage_sum += r->stage[i].median_s;
-    return json_pack("{s:s, s:i, s:f, s:i, s:I, s:I, s:i, s:f, s:o, s:f, s:f, s:f, s:b, s:f, s:I}", "mode",
+    return json_pack("{s:s, s:i, s:f, s:i, s:I, s:I, s:i, s:f, s:f, s:o, s:f, s:f, s:f, s:b, s:f, s:I}", "mode",
                      mode_name(r->mode), "sparsity", r->sparsity, "heavy_fraction", 1.0 / r->sparsity, "batch", r->batch,
                      "tokens", (json_int_t)r->tokens, "kept", (json_int_t)r->kept, "layer_copies", r->layers,
-                     "working_set_bytes", r->working_set, "stages", stages, "speedup_vs_dense", speedup(r),
+                     "read_bandwidth_gbps", r->read_gbps, "working_set_bytes", r->working_set, "stages", stages, "speedup_vs_dense", speedup(r),
                      "byte_ratio_dense_over_step", byte_ratio(r), "stage_sum_s", stage_sum, "selection_counts_ok",
                      r->selection_ok, "step_vs_stages_max_rel_diff", r->step_vs_stages, "involuntary_context_switches",
                      (json_int_t)r->preemptions);
 }
 
-static json_t *targets_json(const bench_result *results, size_t count, double read_gbps)
+static json_t *targets_json(const bench_result *results, size_t count)
 {
     json_t *list = json_array();
     for (size_t i = 0; i < count; i++) {
         const bench_result *r = &results[i];
         if (!is_target_config(r))
             continue;
-        double sp = speedup(r), mf = bench_fraction_of_floor(&r->stage[BENCH_MATCH], read_gbps), share;
+        double sp = speedup(r), mf = bench_fraction_of_floor(&r->stage[BENCH_MATCH], r->read_gbps), share;
         bench_stage worst = slowest_part(r, &share);
         json_array_append_new(list, json_pack("{s:I, s:i, s:s, s:i, s:f, s:f, s:b, s:f, s:f, s:b, s:s, s:f}", "tokens",
                                               (json_int_t)r->tokens, "sparsity", r->sparsity, "mode", "paper", "batch",
@@ -182,13 +182,13 @@ int bench_write_json(const char *path, const bench_context *ctx, const bench_res
                               "mlp_depth", BENCH_MLP_DEPTH, "mlp_hidden", BENCH_MLP_HIDDEN, "sink", BENCH_SINK, "local", BENCH_LOCAL);
     json_t *list = json_array();
     for (size_t i = 0; i < count; i++)
-        json_array_append_new(list, result_json(&results[i], ctx->read_gbps));
+        json_array_append_new(list, result_json(&results[i]));
     json_t *root = json_pack("{s:s, s:s, s:s, s:s, s:o, s:{s:s, s:s}, s:o, s:{s:i, s:i, s:s}, s:o, s:o}", "benchmark",
                              "bench_cpu", "hashattn_version", ha_version_string(), "date_utc", date, "command",
                              ctx->command, "machine", machine, "backend", "name", ctx->backend_name, "description",
                              ctx->backend_description, "shape", shape, "timing", "reps", ctx->reps, "warmup",
                              ctx->warmup, "statistic", "median and min over reps of (round time / layer copies)",
-                             "results", list, "targets", targets_json(results, count, ctx->read_gbps));
+                             "results", list, "targets", targets_json(results, count));
     if (!root) {
         fprintf(stderr, "bench_cpu: building the JSON report failed\n");
         return -1;

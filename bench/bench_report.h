@@ -39,12 +39,14 @@ typedef struct bench_result {
     int selection_ok;      /**< every count equals kept                           */
     double step_vs_stages; /**< max |out_step - out_stages| / max |out_stages|    */
     long preemptions;      /**< involuntary context switches while timing: > 0 means other work ran */
+    double read_gbps;      /**< DRAM read bandwidth probed right before and after this row (the higher):
+                                the floors of this row; it drifts over a run on a shared machine      */
 } bench_result;
 
 /** The benchmark's measured context, for the report. */
 typedef struct bench_context {
     bench_machine machine;
-    double read_gbps;
+    double read_gbps; /**< probed once at the start (each row has its own, see bench_result) */
     size_t bandwidth_bytes;
     int bandwidth_passes;
     const char *backend_name;
@@ -61,9 +63,9 @@ const char *bench_stage_name(bench_stage s);
 double bench_fraction_of_floor(const bench_timing *t, double read_gbps);
 
 void bench_print_header(FILE *to);
-void bench_print_row(FILE *to, const bench_result *r, double read_gbps);
+void bench_print_row(FILE *to, const bench_result *r);
 /** Prints the two targets for every batch measured at n = 32K, 32×, paper mode. */
-void bench_print_targets(FILE *to, const bench_result *results, size_t count, double read_gbps);
+void bench_print_targets(FILE *to, const bench_result *results, size_t count);
 /** Writes everything as JSON; 0 on success, -1 (with a message on stderr) on failure. */
 int bench_write_json(const char *path, const bench_context *ctx, const bench_result *results, size_t count);
 
