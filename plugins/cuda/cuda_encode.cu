@@ -262,6 +262,8 @@ ha_status cu_encode_prepare(const cu_ctx *ctx)
     ha_status st = cu_prepare_kernel(encode_kernel<1>, ctx, "cuda init: encode kernel");
     if (st == HA_OK)
         st = cu_prepare_kernel(encode_kernel<4>, ctx, "cuda init: encode kernel");
+    if (st == HA_OK)
+        st = cu_prepare_kernel(encode_kernel<8>, ctx, "cuda init: encode kernel");
     return st != HA_OK ? st : cu_prepare_kernel(encode_kernel<CU_ENCODE_MAX_TILE>, ctx, "cuda init: encode kernel");
 }
 
@@ -328,12 +330,20 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
     if (p.jobs == 0)
         return HA_OK;
 
-    /* rows per block: enough for the batch, fewer where the activations would not fit (a tile of
-     * one always fits: mlp_upload checked) */
+    /* rows per block: enough for the batch, but tiles of 8 while their blocks still fit one wave (a
+     * block's arithmetic grows with its rows; a block holds a whole head's parameters, so one block
+     * per SM); fewer where the activations would not fit (a tile of one always fits: mlp_upload
+     * checked) */
     const encode_smem_layout L = encode_layout(mlps[0], mlps[1], words);
-    int32_t tile = most_rows <= 1 ? 1 : most_rows <= 4 ? 4 : CU_ENCODE_MAX_TILE;
+    int64_t heads = 0;
+    for (int i = 0; i < p.jobs; i++)
+        heads += p.job[i].heads;
+    int32_t tile = most_rows <= 1   ? 1
+                 : most_rows <= 4   ? 4
+                 : most_rows <= 8 || heads * ((most_rows + 7) / 8) <= ctx->sm_count ? 8
+                                    : CU_ENCODE_MAX_TILE;
     while (tile > 1 && layout_bytes(L, tile, false) > ctx->smem_optin)
-        tile = tile == CU_ENCODE_MAX_TILE ? 4 : 1;
+        tile = tile > 8 ? 8 : tile > 4 ? 4 : 1;
     p.staged = layout_bytes(L, tile, true) <= ctx->smem_optin;
     p.param_floats = L.param_floats;
     p.act_stride = L.act_stride;
@@ -352,6 +362,7 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
     cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
     void (*kernel)(const encode_params) = tile == 1   ? encode_kernel<1>
                                           : tile == 4 ? encode_kernel<4>
+                                          : tile == 8 ? encode_kernel<8>
                                                       : encode_kernel<CU_ENCODE_MAX_TILE>;
     return cu_launch(ctx, kernel, cu_grid(blocks), CU_ENCODE_THREADS, smem, stream, 1, "cuda encode: kernel launch", p);
 }
