@@ -107,7 +107,7 @@ static void add_dir(dir_list *l, const char *dir, size_t len)
 {
     if (len == 0 || l->n == MAX_DIRS)
         return;
-    char *copy = strndup(dir, len);
+    char *copy = ha_strndup(dir, len);
     if (!copy)
         return;
     for (int i = 0; i < l->n; i++) {
@@ -282,7 +282,7 @@ static int by_score_descending(const void *a, const void *b)
  */
 static ha_status open_best(ha_backend *b, int32_t device)
 {
-    candidate *c = calloc(MAX_CANDIDATES, sizeof *c);
+    candidate *c = ha_calloc(MAX_CANDIDATES, sizeof *c);
     if (!c)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory");
     int n = collect_candidates(c, MAX_CANDIDATES);
