@@ -108,7 +108,19 @@ struct ha_cache {
     int64_t stride_head;
     uint32_t **codes;    /**< [num_layers]; NULL for dense layers */
     size_t bytes;
+    int32_t *prefix;     /**< host-memory backends: [num_layers, max_batch or num_pages] tokens encoded (cache_state.c) */
 };
+
+/* ---- what a cache holds (cache_state.c) ---------------------------------------------------- */
+
+HA_INTERNAL ha_status ha_cache_state_init(ha_cache *c, const char *fn);
+HA_INTERNAL void ha_cache_state_free(ha_cache *c);
+/** Records a successful encode of tokens [max(0, end[b]-count), end[b]) (arguments validated). */
+HA_INTERNAL void ha_cache_note_encoded(ha_cache *c, int32_t layer, const ha_kv *kv, int32_t batch,
+                                       const int32_t *end, int32_t count);
+/** HA_ERR_STATE unless the codes of tokens [0, lens[b] - new_tokens) of every sequence are in the cache. */
+HA_INTERNAL ha_status ha_cache_check_encoded(const char *fn, const ha_cache *c, int32_t layer, const ha_kv *kv,
+                                             int32_t batch, const int32_t *lens, int32_t new_tokens);
 
 /** A user of rt (weights, plan, cache) is gone: closes the runtime if it was released and this was the last. */
 HA_INTERNAL void ha_runtime_drop_user(ha_runtime *rt);

@@ -226,6 +226,7 @@ static void free_cache(ha_cache *c)
             b->api->mem_free(b->ctx, c->codes[l]);
     }
     free(c->codes);
+    ha_cache_state_free(c);
     free(c);
 }
 
@@ -283,6 +284,8 @@ HA_API ha_status ha_cache_create(ha_runtime *rt_handle, const ha_weights *w_hand
         else
             c->bytes += (size_t)per_layer;
     }
+    if (st == HA_OK)
+        st = ha_cache_state_init(c, fn);
     void *handle = st == HA_OK ? ha_handle_publish(HA_KIND_CACHE, c, &rt->users, &w->users) : NULL;
     if (st == HA_OK && !handle)
         st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory (handle registry)", fn);

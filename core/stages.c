@@ -223,7 +223,10 @@ HA_API ha_status ha_cache_encode_keys(ha_plan *plan_h, ha_cache *cache_h, int32_
         return st;
     ha_encode_args a;
     key_encode_args(plan, cache, layer, kv, batch, seq_end, count, stream, &a);
-    return call(plan, fn, BACKEND(plan).api->encode(BACKEND(plan).ctx, plan->plugin_plan, &a));
+    st = call(plan, fn, BACKEND(plan).api->encode(BACKEND(plan).ctx, plan->plugin_plan, &a));
+    if (st == HA_OK)
+        ha_cache_note_encoded(cache, layer, kv, batch, seq_end, count);
+    return st;
 }
 
 HA_API ha_status ha_encode_queries(ha_plan *plan_h, int32_t layer, const ha_tensor3 *q, int32_t batch,
@@ -273,6 +276,8 @@ HA_API ha_status ha_match(ha_plan *plan_h, const ha_cache *cache_h, int32_t laye
         st = check_kv_needs(plan, fn, kv, batch, seq_lens, 0);
     if (st == HA_OK)
         st = ha_check_cache_vs_kv(fn, cache, kv, batch, seq_lens);
+    if (st == HA_OK)
+        st = ha_cache_check_encoded(fn, cache, layer, kv, batch, seq_lens, 0);
     if (st != HA_OK)
         return st;
     ha_match_args a;
@@ -357,6 +362,23 @@ HA_API ha_status ha_dense_attend(ha_plan *plan_h, const ha_tensor3 *q, const ha_
     return call(plan, fn, BACKEND(plan).api->attend(BACKEND(plan).ctx, plan->plugin_plan, &a));
 }
 
+/** The fused step, or its four stages in turn where the backend has none. */
+static ha_status run_step(const ha_backend *be, void *plugin_plan, const ha_decode_args *d)
+{
+    if (be->api->decode)
+        return be->api->decode(be->ctx, plugin_plan, d);
+    ha_status st = HA_OK;
+    if (d->key_encode.count > 0)
+        st = be->api->encode(be->ctx, plugin_plan, &d->key_encode);
+    if (st == HA_OK)
+        st = be->api->encode(be->ctx, plugin_plan, &d->query_encode);
+    if (st == HA_OK)
+        st = be->api->match(be->ctx, plugin_plan, &d->match);
+    if (st == HA_OK)
+        st = be->api->attend(be->ctx, plugin_plan, &d->attend);
+    return st;
+}
+
 HA_API ha_status ha_decode_step(ha_plan *plan_h, ha_cache *cache_h, int32_t layer, const ha_step *step)
 {
     const char *fn = "ha_decode_step";
@@ -387,6 +409,8 @@ HA_API ha_status ha_decode_step(ha_plan *plan_h, ha_cache *cache_h, int32_t laye
     st = check_cache(fn, plan, cache, layer);
     if (st == HA_OK)
         st = ha_check_cache_vs_kv(fn, cache, &step->kv, step->batch, step->seq_lens);
+    if (st == HA_OK)
+        st = ha_cache_check_encoded(fn, cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens);
     if (st != HA_OK)
         return st;
     key_encode_args(plan, cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens, step->stream,
@@ -397,15 +421,8 @@ HA_API ha_status ha_decode_step(ha_plan *plan_h, ha_cache *cache_h, int32_t laye
     d.attend.indices = plan->indices;
     d.attend.counts = plan->counts;
     d.attend.sel_heads = d.match.sel_heads;
-    if (be->api->decode)
-        return call(plan, fn, be->api->decode(be->ctx, plan->plugin_plan, &d));
-
-    void *ctx = be->ctx, *pp = plan->plugin_plan;
-    if (d.key_encode.count > 0 && (st = be->api->encode(ctx, pp, &d.key_encode)) != HA_OK)
-        return call(plan, fn, st);
-    if ((st = be->api->encode(ctx, pp, &d.query_encode)) != HA_OK)
-        return call(plan, fn, st);
-    if ((st = be->api->match(ctx, pp, &d.match)) != HA_OK)
-        return call(plan, fn, st);
-    return call(plan, fn, be->api->attend(ctx, pp, &d.attend));
+    st = run_step(be, plan->plugin_plan, &d);
+    if (st == HA_OK) /* after a failure the new keys' codes count as missing */
+        ha_cache_note_encoded(cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens);
+    return call(plan, fn, st);
 }

@@ -927,7 +927,8 @@ static void test_paged_block_table_checked(void **state)
     s.kv = tu_kv_backend(&fx.kv_paged);
     set_lens(40, 13);
     poison_outputs();
-    /* the good paged step works */
+    /* the good paged step works (after the prompt's keys are in the cache) */
+    EXPECT_OK(ha_cache_encode_keys(fx.plan_paged, fx.cache_paged, 0, &s.kv, MAX_BATCH, fx.lens, 40, NULL));
     EXPECT_OK(ha_decode_step(fx.plan_paged, fx.cache_paged, 0, &s));
     poison_outputs();
 
