@@ -139,7 +139,7 @@ ha_status ha_handle_lookup(const char *fn, ha_kind kind, const void *handle, voi
         return ha_fail(HA_ERR_STATE, "%s: %s = %p was already destroyed (used after being freed or closed)", fn, arg,
                        handle);
     if (seen_kind != (uint32_t)kind)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s = %p is a %s handle, not a %s", fn, arg, handle,
+        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s = %p is a %s handle, not a %s handle", fn, arg, handle,
                        kind_name(seen_kind), kind_name(kind));
     *object = __atomic_load_n(&s->object, __ATOMIC_RELAXED);
     return HA_OK;

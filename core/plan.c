@@ -99,6 +99,8 @@ HA_API ha_status ha_plan_create(ha_runtime *rt_handle, const ha_weights *w_handl
 {
     const char *fn = "ha_plan_create";
     ha_clear_error();
+    if (out)
+        *out = NULL; /* fully written on failure too */
     ha_runtime *rt;
     ha_weights *w = NULL;
     ha_status st = ha_handle_lookup(fn, HA_KIND_RUNTIME, rt_handle, (void **)&rt);
@@ -108,7 +110,6 @@ HA_API ha_status ha_plan_create(ha_runtime *rt_handle, const ha_weights *w_handl
         return st;
     if (!cfg || !out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !cfg ? "cfg" : "out");
-    *out = NULL;
     if (w && w->rt != rt)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the weights w were loaded by another runtime than rt", fn);
     st = check_config(w, cfg);
@@ -235,6 +236,8 @@ HA_API ha_status ha_cache_create(ha_runtime *rt_handle, const ha_weights *w_hand
 {
     const char *fn = "ha_cache_create";
     ha_clear_error();
+    if (out)
+        *out = NULL; /* fully written on failure too */
     ha_runtime *rt;
     ha_weights *w;
     ha_status st = ha_handle_lookup(fn, HA_KIND_RUNTIME, rt_handle, (void **)&rt);
@@ -244,7 +247,6 @@ HA_API ha_status ha_cache_create(ha_runtime *rt_handle, const ha_weights *w_hand
         return st;
     if (!cfg || !out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !cfg ? "cfg" : "out");
-    *out = NULL;
     if (w->rt != rt)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the weights w were loaded by another runtime than rt", fn);
     if (cfg->struct_size < sizeof(ha_cache_config) || cfg->struct_size > 4096)

@@ -107,13 +107,14 @@ HA_API ha_status ha_mem_alloc(ha_runtime *handle, size_t bytes, void **out)
 {
     const char *fn = "ha_mem_alloc";
     ha_clear_error();
+    if (out)
+        *out = NULL; /* fully written on failure too */
     ha_runtime *rt;
     ha_status st = ha_handle_lookup(fn, HA_KIND_RUNTIME, handle, (void **)&rt);
     if (st != HA_OK)
         return st;
     if (!out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
-    *out = NULL;
     if (bytes == 0 || bytes > (size_t)INT64_MAX)
         return ha_fail(bytes ? HA_ERR_OVERFLOW : HA_ERR_INVALID_ARGUMENT, "%s: bytes = %zu", fn, bytes);
     void *p = ha_backend_alloc(&rt->backend, bytes);

@@ -87,13 +87,14 @@ static ha_status load_parsed(ha_runtime *rt, ha_st_file *file, const char *what,
 HA_API ha_status ha_weights_load(ha_runtime *rt_handle, const char *path, ha_weights **out)
 {
     ha_clear_error();
+    if (out)
+        *out = NULL; /* fully written on failure too */
     ha_runtime *rt;
     ha_status st = ha_handle_lookup("ha_weights_load", HA_KIND_RUNTIME, rt_handle, (void **)&rt);
     if (st != HA_OK)
         return st;
     if (!path || !out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "ha_weights_load: %s is NULL", !path ? "path" : "out");
-    *out = NULL;
     ha_st_file file;
     char err[512];
     st = ha_st_open(path, &file, err, sizeof err);
@@ -107,13 +108,14 @@ HA_API ha_status ha_weights_load(ha_runtime *rt_handle, const char *path, ha_wei
 HA_API ha_status ha_weights_load_memory(ha_runtime *rt_handle, const void *data, size_t size, ha_weights **out)
 {
     ha_clear_error();
+    if (out)
+        *out = NULL; /* fully written on failure too */
     ha_runtime *rt;
     ha_status st = ha_handle_lookup("ha_weights_load_memory", HA_KIND_RUNTIME, rt_handle, (void **)&rt);
     if (st != HA_OK)
         return st;
     if (!data || !out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "ha_weights_load_memory: %s is NULL", !data ? "data" : "out");
-    *out = NULL;
     ha_st_file file;
     char err[512];
     st = ha_st_parse(data, size, &file, err, sizeof err);

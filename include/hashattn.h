@@ -334,6 +334,8 @@ HA_API ha_status ha_encode_queries(ha_plan *plan, int32_t layer, const ha_tensor
  * indices to indices[(b*S + s)*max_kept + i] and their number to counts[b*S + s], S =
  * ha_plan_selection_heads, max_kept = ha_plan_max_kept. q_codes as written by ha_encode_queries.
  * kv supplies the block table of a paged cache (its k, v may be NULL here).
+ * On host-memory backends the cache knows which tokens' codes it holds: selecting over a token whose
+ * key was never encoded (here or in ha_decode_step) fails with HA_ERR_STATE.
  */
 HA_API ha_status ha_match(ha_plan *plan, const ha_cache *cache, int32_t layer, const uint32_t *q_codes,
                           const ha_kv *kv, int32_t batch, const int32_t *seq_lens,
