@@ -9,6 +9,7 @@
 
 static uint64_t fail_at; /* 0: disarmed */
 static uint64_t counted;
+static int failed_in_json;
 
 int ha_alloc_should_fail(void)
 {
@@ -55,17 +56,26 @@ void ha_free(void *p)
  * memory still comes from malloc, so blocks allocated before or after arming free alike. */
 static void *json_counted_malloc(size_t bytes)
 {
-    return ha_malloc(bytes);
+    void *p = ha_malloc(bytes);
+    if (!p)
+        __atomic_store_n(&failed_in_json, 1, __ATOMIC_RELAXED);
+    return p;
 }
 
 HA_TEST_HOOK void ha_test_alloc_fail_at(uint64_t n)
 {
     __atomic_store_n(&counted, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&failed_in_json, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&fail_at, n, __ATOMIC_RELAXED);
     if (n)
         json_set_alloc_funcs(json_counted_malloc, free);
     else
         json_set_alloc_funcs(malloc, free);
+}
+
+HA_TEST_HOOK int ha_test_alloc_failed_in_json(void)
+{
+    return __atomic_load_n(&failed_in_json, __ATOMIC_RELAXED);
 }
 
 HA_TEST_HOOK uint64_t ha_test_alloc_count(void)

@@ -31,5 +31,7 @@ int ha_alloc_should_fail(void);
 HA_TEST_HOOK void ha_test_alloc_fail_at(uint64_t n);
 /** Allocations counted since the hook was last armed. */
 HA_TEST_HOOK uint64_t ha_test_alloc_count(void);
+/** 1 when the allocation the hook failed was one of jansson's (since arming). */
+HA_TEST_HOOK int ha_test_alloc_failed_in_json(void);
 
 #endif /* HA_HOST_ALLOC_H */

@@ -126,8 +126,9 @@ HA_INTERNAL ha_status ha_cache_check_encoded(const char *fn, const ha_cache *c, 
 HA_INTERNAL void ha_runtime_drop_user(ha_runtime *rt);
 /** A user of w (plan, cache) is gone: frees the weights if they were released and this was the last. */
 HA_INTERNAL void ha_weights_drop_user(ha_weights *w);
-/** Backend memory for the core's own objects (plan scratch, code caches); fault injection counts it. */
-HA_INTERNAL void *ha_backend_alloc(const ha_backend *b, size_t bytes);
+/** bytes of backend memory (plan scratch, code caches, ha_mem_alloc); fault injection counts it. On
+ *  failure: HA_ERR_OUT_OF_MEMORY, a message naming fn, what and the plugin's reason, *out NULL. */
+HA_INTERNAL ha_status ha_backend_alloc(const ha_backend *b, const char *fn, const char *what, size_t bytes, void **out);
 
 /** Selection heads of a plan: key-code heads, or q heads for a plan without weights. */
 static inline int32_t ha_plan_sel_heads(const struct ha_plan *p)

@@ -76,11 +76,7 @@ static ha_status scratch(ha_runtime *rt, int64_t n, size_t elem, void **out)
     int64_t bytes;
     if (!ha_mul_i64(n, (int64_t)elem, &bytes))
         return ha_fail(HA_ERR_OVERFLOW, "ha_plan_create: scratch of %lld elements overflows", (long long)n);
-    void *p = ha_backend_alloc(&rt->backend, (size_t)bytes);
-    if (!p)
-        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_plan_create: cannot allocate %lld bytes of scratch", (long long)bytes);
-    *out = p;
-    return HA_OK;
+    return ha_backend_alloc(&rt->backend, "ha_plan_create", "scratch", (size_t)bytes, out);
 }
 
 static void free_plan(ha_plan *p)
@@ -280,10 +276,8 @@ HA_API ha_status ha_cache_create(ha_runtime *rt_handle, const ha_weights *w_hand
     for (int32_t l = 0; st == HA_OK && l < w->host.num_layers; l++) {
         if (w->host.dense[l])
             continue;
-        c->codes[l] = ha_backend_alloc(&rt->backend, (size_t)per_layer);
-        if (!c->codes[l])
-            st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: cannot allocate %lld bytes for layer %d", fn, (long long)per_layer, l);
-        else
+        st = ha_backend_alloc(&rt->backend, fn, "key codes", (size_t)per_layer, (void **)&c->codes[l]);
+        if (st == HA_OK)
             c->bytes += (size_t)per_layer;
     }
     if (st == HA_OK)

@@ -101,6 +101,7 @@ static ha_status load_file(const char *path, const ha_plugin_api **api, void **h
 typedef struct dir_list {
     char *dirs[MAX_DIRS];
     int n;
+    int out_of_memory; /* a directory could not be recorded: the search would be incomplete */
 } dir_list;
 
 static void add_dir(dir_list *l, const char *dir, size_t len)
@@ -108,8 +109,10 @@ static void add_dir(dir_list *l, const char *dir, size_t len)
     if (len == 0 || l->n == MAX_DIRS)
         return;
     char *copy = ha_strndup(dir, len);
-    if (!copy)
+    if (!copy) {
+        l->out_of_memory = 1;
         return;
+    }
     for (int i = 0; i < l->n; i++) {
         if (!strcmp(l->dirs[i], copy)) {
             free(copy);
@@ -198,6 +201,10 @@ static ha_status open_explicit(const char *choice, ha_backend *b)
     }
     dir_list dirs = {0};
     search_dirs(&dirs);
+    if (dirs.out_of_memory) {
+        free_dirs(&dirs);
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory while listing the plugin directories");
+    }
     ha_status st = HA_ERR_BACKEND_NOT_FOUND;
     int found = 0;
     for (int i = 0; i < dirs.n && !found; i++) {
@@ -234,12 +241,17 @@ typedef struct candidate {
 
 #define MAX_CANDIDATES 64
 
-/** Adds every loadable plugin of the search directories whose probe score is positive. */
+/** Adds every loadable plugin of the search directories whose probe score is positive; -1 when out of
+ *  memory. */
 static int collect_candidates(candidate *c, int max)
 {
     int n = 0;
     dir_list dirs = {0};
     search_dirs(&dirs);
+    if (dirs.out_of_memory) {
+        free_dirs(&dirs);
+        return -1;
+    }
     for (int i = 0; i < dirs.n && n < max; i++) {
         DIR *d = opendir(dirs.dirs[i]);
         if (!d)
@@ -286,6 +298,10 @@ static ha_status open_best(ha_backend *b, int32_t device)
     if (!c)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory");
     int n = collect_candidates(c, MAX_CANDIDATES);
+    if (n < 0) {
+        free(c);
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory while listing the plugin directories");
+    }
     qsort(c, (size_t)n, sizeof *c, by_score_descending);
     int chosen = -1;
     for (int i = 0; i < n; i++) {

@@ -18,9 +18,18 @@ void ha_runtime_drop_user(ha_runtime *rt)
         runtime_destroy(rt);
 }
 
-void *ha_backend_alloc(const ha_backend *b, size_t bytes)
+ha_status ha_backend_alloc(const ha_backend *b, const char *fn, const char *what, size_t bytes, void **out)
 {
-    return ha_alloc_should_fail() ? NULL : b->api->mem_alloc(b->ctx, bytes);
+    *out = NULL;
+    if (ha_alloc_should_fail())
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: backend '%s' could not allocate %zu bytes for %s: out of memory", fn,
+                       b->api->name, bytes, what);
+    *out = b->api->mem_alloc(b->ctx, bytes);
+    if (*out)
+        return HA_OK;
+    const char *why = b->api->last_error ? b->api->last_error(b->ctx) : NULL;
+    return ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: backend '%s' could not allocate %zu bytes for %s: %s", fn, b->api->name,
+                   bytes, what, why && *why ? why : "out of memory");
 }
 
 HA_API ha_status ha_runtime_open(const ha_runtime_options *options, ha_runtime **out)
@@ -117,12 +126,7 @@ HA_API ha_status ha_mem_alloc(ha_runtime *handle, size_t bytes, void **out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
     if (bytes == 0 || bytes > (size_t)INT64_MAX)
         return ha_fail(bytes ? HA_ERR_OVERFLOW : HA_ERR_INVALID_ARGUMENT, "%s: bytes = %zu", fn, bytes);
-    void *p = ha_backend_alloc(&rt->backend, bytes);
-    if (!p)
-        return ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: backend '%s' could not allocate %zu bytes", fn,
-                       rt->backend.api->name, bytes);
-    *out = p;
-    return HA_OK;
+    return ha_backend_alloc(&rt->backend, fn, "the caller", bytes, out);
 }
 
 HA_API void ha_mem_free(ha_runtime *handle, void *ptr)

@@ -318,6 +318,10 @@ ha_status ha_st_parse(const void *buf, size_t len, ha_st_file *out, char *err, s
 
     json_error_t jerr;
     json_t *root = json_loadb((const char *)bytes + 8, (size_t)header_len, JSON_REJECT_DUPLICATES, &jerr);
+    /* jansson reports a failed allocation as an error code, or (when its lexer cannot even start) as an
+     * error without text: neither means the file is malformed */
+    if (!root && (json_error_code(&jerr) == json_error_out_of_memory || !jerr.text[0]))
+        return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors header: out of memory while parsing the JSON");
     if (!root)
         return fail(err, err_size, HA_ERR_FORMAT, "safetensors header: invalid JSON at byte %d: %s", jerr.position,
                     jerr.text);
