@@ -163,8 +163,10 @@ static int is_plugin_file(const char *name)
 
 static ha_status init_backend(ha_backend *b, int32_t device)
 {
-    ha_plugin_host host = {sizeof(ha_plugin_host), NULL, device};
+    ha_plugin_host host = {sizeof(ha_plugin_host), NULL, device, NULL, NULL};
     host.log = ha_log_plain;
+    host.host_alloc = ha_aligned_alloc;
+    host.host_free = ha_free;
     void *ctx = NULL;
     ha_status st = b->api->init(&host, &ctx);
     if (st != HA_OK) {
@@ -303,23 +305,31 @@ static ha_status open_best(ha_backend *b, int32_t device)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory while listing the plugin directories");
     }
     qsort(c, (size_t)n, sizeof *c, by_score_descending);
-    int chosen = -1;
+    int chosen = -1, out_of_memory = 0;
+    char why[512] = "";
     for (int i = 0; i < n; i++) {
-        if (chosen < 0) {
+        if (chosen < 0 && !out_of_memory) {
             b->api = c[i].api;
             b->dl_handle = c[i].handle;
             snprintf(b->path, sizeof b->path, "%s", c[i].path);
-            if (init_backend(b, device) == HA_OK) {
+            ha_status st = init_backend(b, device);
+            if (st == HA_OK) {
                 chosen = i;
                 continue;
             }
-            ha_log(HA_LOG_WARN, "skipping %s: %s", c[i].path, ha_last_error());
+            /* out of memory is no reason to settle silently for a slower backend */
+            out_of_memory = st == HA_ERR_OUT_OF_MEMORY;
+            snprintf(why, sizeof why, "%s", ha_last_error());
+            if (!out_of_memory)
+                ha_log(HA_LOG_WARN, "skipping %s: %s", c[i].path, why);
             b->api = NULL;
             b->dl_handle = NULL;
         }
         dlclose(c[i].handle);
     }
     free(c);
+    if (out_of_memory)
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: %s", why);
     ha_clear_error();
     if (chosen >= 0)
         return HA_OK;

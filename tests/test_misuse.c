@@ -779,6 +779,40 @@ static void test_zero_sizes(void **state)
     assert_int_equal(ha_plan_kept_for_length(fx.plan, 0), 0);
 }
 
+/* ---- the entry points without handles ----------------------------------------------------------- */
+
+static void test_calls_without_handles(void **state)
+{
+    (void)state;
+    /* values outside the enums have names, sizes of 0, no table */
+    assert_true(strlen(ha_status_string((ha_status)-5)) > 0);
+    assert_true(strlen(ha_status_string((ha_status)INT32_MAX)) > 0);
+    assert_int_equal(ha_dtype_size((ha_dtype)99), 0);
+    assert_null(ha_get_api(0));
+    assert_null(ha_get_api(HA_API_VERSION + 1));
+    ha_plan_config_init(NULL, 1, 1, 1, 1, 1); /* documented no-op */
+    /* options that do not fit the struct they claim to be */
+    ha_runtime *rt = (ha_runtime *)&fx;
+    ha_runtime_options o = {5000, NULL, 0};
+    EXPECT_FAIL(ha_runtime_open(&o, &rt), HA_ERR_INVALID_ARGUMENT, "struct_size");
+    assert_null(rt);
+    o.struct_size = offsetof(ha_runtime_options, device); /* too short to hold device */
+    rt = (ha_runtime *)&fx;
+    EXPECT_FAIL(ha_runtime_open(&o, &rt), HA_ERR_INVALID_ARGUMENT, "struct_size");
+    assert_null(rt);
+    /* the API table's functions check handles like the direct ones */
+    const ha_api *api = ha_get_api(HA_API_VERSION);
+    assert_non_null(api);
+    tx_expect_failure(api->synchronize(fx.rt_dead, NULL), BIT(HA_ERR_STATE), "rt",
+                      "ha_synchronize (through the API table)", __LINE__);
+    api->plan_destroy(fx.plan_dead);
+    tx_expect_error_message("plan", "ha_plan_destroy (through the API table)", __LINE__);
+    /* ha_last_error() is never NULL and each call clears it */
+    assert_non_null(ha_last_error());
+    assert_int_equal(ha_plan_selection_heads(fx.plan), HQ);
+    assert_string_equal(ha_last_error(), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -791,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_overflowing_sizes),
         cmocka_unit_test(test_wrong_order),
         cmocka_unit_test(test_zero_sizes),
+        cmocka_unit_test(test_calls_without_handles),
     };
     int failed = cmocka_run_group_tests(tests, setup, teardown);
     tx_print_tally("test_misuse");

@@ -23,7 +23,7 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     if (!desc || desc->heads < 1 || desc->depth < 1 || desc->depth > HA_PLUGIN_MAX_MLP_DEPTH)
         return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 mlp_upload: bad MLP description (heads %d, depth %d)",
                         desc ? desc->heads : 0, desc ? desc->depth : 0);
-    cpu_mlp *mlp = calloc(1, sizeof *mlp);
+    cpu_mlp *mlp = cpu_alloc_zeroed(ctx, sizeof *mlp);
     if (!mlp)
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mlp_upload: out of memory");
     mlp->heads = desc->heads;
@@ -34,7 +34,7 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     int32_t widest = 0;
     for (int32_t i = 0; i <= desc->depth; i++) {
         if (desc->dims[i] < 1 || desc->dims[i] > (1 << 24) || (i < desc->depth && (!desc->w[i] || !desc->b[i]))) {
-            free(mlp);
+            cpu_free(ctx, mlp);
             return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 mlp_upload: layer %d: bad width %d or NULL weights",
                             i, desc->dims[i]);
         }
@@ -45,14 +45,14 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
             (__builtin_mul_overflow((size_t)desc->heads * ((size_t)desc->dims[i] + 1),
                                     (size_t)cpu_round_up(desc->dims[i + 1], 16), &layer) ||
              __builtin_add_overflow(total, layer, &total) || total > SIZE_MAX / sizeof(float))) {
-            free(mlp);
+            cpu_free(ctx, mlp);
             return cpu_fail(HA_ERR_OVERFLOW, "cpu_avx512 mlp_upload: the repacked weights overflow the address space");
         }
     }
     mlp->widest_pad = widest;
-    void *storage = NULL;
-    if (posix_memalign(&storage, 64, total * sizeof(float)) != 0) {
-        free(mlp);
+    void *storage = cpu_alloc(ctx, total * sizeof(float));
+    if (!storage) {
+        cpu_free(ctx, mlp);
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mlp_upload: cannot allocate %zu bytes",
                         total * sizeof(float));
     }
@@ -87,10 +87,10 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     return HA_OK;
 }
 
-void cpu_mlp_free(cpu_mlp *mlp)
+void cpu_mlp_free(const cpu_ctx *ctx, cpu_mlp *mlp)
 {
     if (!mlp)
         return;
-    free(mlp->storage);
-    free(mlp);
+    cpu_free(ctx, mlp->storage);
+    cpu_free(ctx, mlp);
 }
