@@ -122,7 +122,7 @@ static ha_status make_weights(ha_runtime *rt, ha_mode mode, int32_t layers, uint
     }
     close(fd);
     char err[512] = "";
-    st = ha_weights_host_write(&host, path, HA_ST_F32, err, sizeof err);
+    st = ha_weights_host_write(&host, path, HA_ST_F16, err, sizeof err); /* as shipped */
     ha_weights_host_free(&host);
     if (st != HA_OK)
         fprintf(stderr, "bench_cpu: writing weights to %s failed: %s\n", path, err);

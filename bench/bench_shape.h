@@ -18,6 +18,9 @@
 #define BENCH_MLP_DEPTH 3
 #define BENCH_MLP_HIDDEN 128
 #define BENCH_KV_ELEM_BYTES 2 /* bf16 */
+/* The mapping weights are written as F16, the dtype the trained weights ship in; the CPU plugin
+ * keeps F16-exact weights in F16 (biases stay fp32). */
+#define BENCH_WEIGHT_ELEM_BYTES 2
 #define BENCH_SINK 128        /* ha_plan_config_init defaults, set explicitly */
 #define BENCH_LOCAL 128
 
@@ -27,14 +30,14 @@ static inline int32_t bench_code_heads(ha_mode mode)
     return mode == HA_MODE_PAPER ? BENCH_Q_HEADS : BENCH_KV_HEADS;
 }
 
-/** fp32 weights and biases of `heads` mapping-function MLPs: what one encode call reads. */
+/** F16 weights and fp32 biases of `heads` mapping-function MLPs: what one encode call reads. */
 static inline double bench_mlp_bytes(int32_t heads)
 {
     const int64_t dims[BENCH_MLP_DEPTH + 1] = {BENCH_HEAD_DIM, BENCH_MLP_HIDDEN, BENCH_MLP_HIDDEN, BENCH_BITS};
-    int64_t params = 0;
+    double bytes = 0;
     for (int i = 0; i < BENCH_MLP_DEPTH; i++)
-        params += dims[i + 1] * dims[i] + dims[i + 1];
-    return (double)heads * (double)params * 4.0;
+        bytes += (double)(dims[i + 1] * dims[i]) * BENCH_WEIGHT_ELEM_BYTES + (double)dims[i + 1] * 4.0;
+    return (double)heads * bytes;
 }
 
 /** The key codes ha_match scans: B · code_heads · n · words · 4. */

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "ha_eval.h"
+#include "tool_cli.h"
 
 #ifndef HA_EVAL_DEFAULT_MODEL
 #define HA_EVAL_DEFAULT_MODEL "models/tinylm-25m"
@@ -113,17 +114,11 @@ static void parse_budgets(char *text, options *o)
     if (n <= 0)
         usage_error("--budgets wants 1 to 8 fractions", text);
     for (int32_t i = 0; i < n; i++) {
-        char *end;
         double f;
-        if (!strncmp(items[i], "1/", 2)) {
-            long long k = strtoll(items[i] + 2, &end, 10);
-            f = k > 0 && !*end ? 1.0 / (double)k : -1.0;
-        } else {
-            f = strtod(items[i], &end);
-            f = *end ? -1.0 : f;
+        if (!tool_parse_fraction("--budgets", items[i], &f)) {
+            usage(stderr);
+            exit(EXIT_USAGE);
         }
-        if (!(f > 0.0 && f <= 1.0))
-            usage_error("--budgets: not a fraction in (0, 1]", items[i]);
         snprintf(o->budgets[i].name, sizeof o->budgets[i].name, "%s", items[i]);
         o->budgets[i].fraction = f;
     }

@@ -6,6 +6,11 @@
  * q_i·k_j among the candidates [sink, n−local), predictions σ(⟨tanh F_q(q_i), tanh F_k(k_j)⟩),
  * weighted BCE (α on positives), Adam.
  *
+ * Beyond the paper (docs/quality.md): --target-frac puts the targets at the evaluation budgets
+ * (positives = the ⌊f·n⌋ largest logits of a row of length n; with several fractions the label is
+ * the share of them that keep j, a soft label in the same BCE), and --mass-gamma weights positives
+ * by their attention probability relative to the threshold's.
+ *
  * Paper mode: one (F_q, F_k) pair per (layer, query head). Group mode: F_k per (layer, KV head),
  * trained on the per-query-head objective of every query head of its group (each with its own F_q).
  * Each such task is independent and runs single-threaded; OpenMP spreads tasks over threads, so the
@@ -35,10 +40,12 @@
 
 typedef struct options {
     const char *model, *text, *out, *eval_text, *dense_layers;
+    int32_t n_levels;
+    double target_frac[TR_MAX_LEVELS]; /* --target-frac; n_levels 0: the paper's top-k target */
     int group_mode;
     int32_t bits, depth, hidden, windows, window, rows_per_window, rows, steps, min_pos, val_rows;
     int32_t sink, local, topk, log_every, val_every;
-    float lr, alpha;
+    float lr, alpha, mass_gamma;
     ha_st_dtype dtype;
     uint64_t seed;
 } options;
@@ -61,6 +68,11 @@ static void usage(FILE *to)
             "  --steps S              Adam steps (default 400)\n"
             "  --lr X --alpha A       learning rate (1e-3), weight of positives (20)\n"
             "  --topk K               positives per row (32)\n"
+            "  --target-frac LIST     instead of top-K: targets at these budgets (e.g. 1/8,1/16,1/32),\n"
+            "                         positives = the floor(f*n) largest candidate logits of a row of\n"
+            "                         length n; with several, the label is the share of budgets keeping j\n"
+            "  --mass-gamma G         weight positives by min((p_j/p_thr)^G, 64), p the attention\n"
+            "                         probability, thr the lowest threshold (default 0: off)\n"
             "  --sink S --local L     budget the candidates exclude (128, 128)\n"
             "  --val-rows V           validation rows: the last V positions of the last window of the\n"
             "                         text (default 512); also the rows of --eval-text\n"
@@ -80,6 +92,22 @@ static int parse_f32(const char *what, const char *s, float *out)
     return 1;
 }
 
+static int parse_fracs(const char *list, options *o)
+{
+    char buf[256];
+    if (strlen(list) >= sizeof(buf))
+        return tool_complain("--target-frac: list too long");
+    strcpy(buf, list);
+    o->n_levels = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (o->n_levels == TR_MAX_LEVELS)
+            return tool_complain("--target-frac: at most %d fractions", TR_MAX_LEVELS);
+        if (!tool_parse_fraction("--target-frac", t, &o->target_frac[o->n_levels++]))
+            return 0;
+    }
+    return o->n_levels > 0 ? 1 : tool_complain("--target-frac: empty list");
+}
+
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.dense_layers = "0,1,2", .bits = 32, .depth = 3, .hidden = -1, .windows = 8, .window = 8192,
@@ -88,7 +116,7 @@ static int parse_options(int argc, char **argv, options *o)
                    .alpha = 20.0f, .dtype = HA_ST_F16, .seed = 1};
     enum { O_MODEL = 256, O_TEXT, O_OUT, O_MODE, O_BITS, O_DEPTH, O_HIDDEN, O_DENSE, O_WINDOWS, O_WINDOW, O_RPW,
            O_MINPOS, O_ROWS, O_STEPS, O_LR, O_ALPHA, O_TOPK, O_SINK, O_LOCAL, O_VALROWS, O_EVAL, O_DTYPE, O_SEED,
-           O_LOG, O_VALEVERY, O_HELP };
+           O_LOG, O_VALEVERY, O_TFRAC, O_MASS, O_HELP };
     static const struct option longopts[] = {
         {"model", 1, 0, O_MODEL}, {"text", 1, 0, O_TEXT}, {"out", 1, 0, O_OUT}, {"mode", 1, 0, O_MODE},
         {"bits", 1, 0, O_BITS}, {"depth", 1, 0, O_DEPTH}, {"hidden", 1, 0, O_HIDDEN},
@@ -97,7 +125,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"steps", 1, 0, O_STEPS}, {"lr", 1, 0, O_LR}, {"alpha", 1, 0, O_ALPHA}, {"topk", 1, 0, O_TOPK},
         {"sink", 1, 0, O_SINK}, {"local", 1, 0, O_LOCAL}, {"val-rows", 1, 0, O_VALROWS},
         {"eval-text", 1, 0, O_EVAL}, {"dtype", 1, 0, O_DTYPE}, {"seed", 1, 0, O_SEED},
-        {"log-every", 1, 0, O_LOG}, {"val-every", 1, 0, O_VALEVERY}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"target-frac", 1, 0, O_TFRAC}, {"mass-gamma", 1, 0, O_MASS}, {"log-every", 1, 0, O_LOG}, {"val-every", 1, 0, O_VALEVERY}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int ok = 1;
@@ -124,6 +152,8 @@ static int parse_options(int argc, char **argv, options *o)
         case O_LR: ok = parse_f32("--lr", optarg, &o->lr); break;
         case O_ALPHA: ok = parse_f32("--alpha", optarg, &o->alpha); break;
         case O_TOPK: ok = tool_parse_int("--topk", optarg, 1, 1024, &o->topk); break;
+        case O_TFRAC: ok = parse_fracs(optarg, o); break;
+        case O_MASS: ok = parse_f32("--mass-gamma", optarg, &o->mass_gamma); break;
         case O_SINK: ok = tool_parse_int("--sink", optarg, 0, 1 << 20, &o->sink); break;
         case O_LOCAL: ok = tool_parse_int("--local", optarg, 0, 1 << 20, &o->local); break;
         case O_VALROWS: ok = tool_parse_int("--val-rows", optarg, 1, 1 << 20, &o->val_rows); break;
@@ -283,7 +313,7 @@ typedef struct task {
 /** Per-thread scratch. */
 typedef struct scratch {
     tr_mlp_work wk, wq;
-    float *tkt, *dtkt, *dtk, *qx, *dtq, *g;
+    float *tkt, *dtkt, *dtk, *qx, *dtq, *g, *lg, *y;
 } scratch;
 
 typedef struct problem {
@@ -306,7 +336,9 @@ static int scratch_init(scratch *s, const problem *p, int64_t max_keys, int64_t 
     s->qx = malloc(d * (size_t)max_rows * sizeof(float));
     s->dtq = malloc(b * (size_t)max_rows * sizeof(float));
     s->g = malloc((size_t)max_keys * sizeof(float));
-    return s->tkt && s->dtkt && s->dtk && s->qx && s->dtq && s->g ? 0 : -1;
+    s->lg = malloc((size_t)max_keys * sizeof(float));
+    s->y = malloc((size_t)max_keys * sizeof(float));
+    return s->tkt && s->dtkt && s->dtk && s->qx && s->dtq && s->g && s->lg && s->y ? 0 : -1;
 }
 
 static void scratch_free(scratch *s)
@@ -319,6 +351,8 @@ static void scratch_free(scratch *s)
     free(s->qx);
     free(s->dtq);
     free(s->g);
+    free(s->lg);
+    free(s->y);
 }
 
 static float softplus(float x)
@@ -337,7 +371,8 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
 {
     const options *o = p->o;
     const tr_data_geom *g = &p->geom;
-    const int32_t b = o->bits, d = g->head_dim, topk = g->topk;
+    const int32_t b = o->bits, d = g->head_dim;
+    const float scale = 1.0f / sqrtf((float)d);
     int32_t maxpos = 0;
     for (int32_t r = 0; r < nr; r++)
         maxpos = w->pos[rows[r]] > maxpos ? w->pos[rows[r]] : maxpos;
@@ -375,27 +410,42 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
                 for (int64_t j = 0; j < nc; j++)
                     sc[j] += a * col[j];
             }
-            const int32_t *pos_t = w->top[t->sl] + ((size_t)h * (size_t)w->rows + (size_t)rows[r]) * (size_t)topk;
-            if (want_loss) {
-                double neg = 0.0, pos = 0.0;
-                for (int64_t j = 0; j < nc; j++)
-                    neg += softplus(sc[j]);
-                for (int32_t a = 0; a < topk; a++) {
-                    const float x = sc[pos_t[a] - g->sink];
-                    neg -= softplus(x);
-                    pos += softplus(-x);
-                }
-                head_loss += neg + (double)o->alpha * pos;
+            /* labels y_j ∈ [0, 1]: the share of target levels whose threshold q·k_j reaches */
+            const int32_t L = g->n_levels;
+            const float *thr = w->thr[t->sl] + ((size_t)h * (size_t)w->rows + (size_t)rows[r]) * (size_t)L;
+            const float *qi = s->qx + (size_t)r * (size_t)d;
+            float *restrict lg = s->lg, *restrict y = s->y;
+            float lowest = thr[0];
+            for (int32_t l = 1; l < L; l++)
+                lowest = thr[l] < lowest ? thr[l] : lowest;
+            for (int64_t j = 0; j < nc; j++)
+                lg[j] = tr_dot(qi, keys + (size_t)j * (size_t)d, d);
+            const float inv_levels = 1.0f / (float)L;
+            for (int64_t j = 0; j < nc; j++) {
+                int32_t in = 0;
+                for (int32_t l = 0; l < L; l++)
+                    in += lg[j] >= thr[l];
+                y[j] = (float)in * inv_levels;
             }
+            /* positive weight α, times the attention-mass factor when asked */
+            if (o->mass_gamma > 0.0f)
+                for (int64_t j = 0; j < nc; j++) {
+                    const float e = o->mass_gamma * scale * (lg[j] - lowest);
+                    lg[j] = y[j] > 0.0f ? o->alpha * (e > 4.158883f ? 64.0f : tr_exp(e)) : 0.0f; /* 64 = e^4.1589 */
+                }
+            else
+                for (int64_t j = 0; j < nc; j++)
+                    lg[j] = o->alpha;
+            if (want_loss)
+                for (int64_t j = 0; j < nc; j++)
+                    head_loss += (double)(lg[j] * y[j] * softplus(-sc[j]) + (1.0f - y[j]) * softplus(sc[j]));
             if (!train)
                 continue;
-            /* dL/ds: w·(σ(s) − y) / pairs */
+            /* dL/ds: (1−y)·σ(s) + a·y·(σ(s) − 1), over pairs (a the positive weight); exact for y ∈ {0, 1} */
             for (int64_t j = 0; j < nc; j++)
                 sc[j] = tr_sigmoid(sc[j]) * inv;
-            for (int32_t a = 0; a < topk; a++) {
-                float *x = &sc[pos_t[a] - g->sink];
-                *x = o->alpha * (*x - inv);
-            }
+            for (int64_t j = 0; j < nc; j++)
+                sc[j] = sc[j] * (1.0f - y[j]) + lg[j] * y[j] * (sc[j] - inv);
             float *dtqr = s->dtq + (size_t)r * (size_t)b;
             for (int32_t c = 0; c < b; c++) {
                 const float *restrict col = s->tkt + (size_t)c * (size_t)nk;
@@ -437,72 +487,62 @@ static void eval_loss(problem *p, const tr_window *w, double *out)
 
 /* ---- recall of attention mass with the learned codes ------------------------------------------- */
 
-/** Hamming-similarity selection with the tie rule; returns kept mass and, in *oracle, the oracle's. */
+#define TR_EVAL_BUDGETS 3
+static const double eval_fracs[TR_EVAL_BUDGETS] = {1.0 / 8, 1.0 / 16, 1.0 / 32};
+static const char *const eval_names[TR_EVAL_BUDGETS] = {"1/8", "1/16", "1/32"};
+
+/**
+ * One row at every evaluation budget (heavy = ⌊f·n⌋): the attention mass kept by Hamming-similarity
+ * selection with the runtime's tie rule (learned[e]) and by the oracle's top logits (oracle[e]).
+ * sorted: scratch of n floats.
+ */
 static void recall_row(const float *logit, const int32_t *score, int32_t max_score, int64_t n, int32_t sink,
-                       int32_t local, int64_t heavy, int32_t *hist, uint8_t *keep, float *sorted, double *learned,
-                       double *oracle)
+                       int32_t local, int32_t *hist, float *sorted, double *learned, double *oracle)
 {
     float mx = -INFINITY;
     for (int64_t j = 0; j < n; j++)
         mx = logit[j] > mx ? logit[j] : mx;
-    double total = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        total += exp((double)(logit[j] - mx));
+    double total = 0.0, fixed = 0.0;
     const int64_t ls = ha_local_start(n, sink, local);
-    for (int64_t j = 0; j < n; j++)
-        keep[j] = j < sink || j >= ls;
-    const int64_t cand = ls > sink ? ls - sink : 0;
-    if (heavy >= cand) {
-        for (int64_t j = sink; j < ls; j++)
-            keep[j] = 1;
-    } else {
-        memset(hist, 0, (size_t)(max_score + 1) * sizeof(int32_t));
-        for (int64_t j = sink; j < ls; j++)
-            hist[score[j]]++;
-        int64_t need = heavy;
-        int32_t thr = max_score;
-        while (thr > 0 && hist[thr] < need) {
-            need -= hist[thr];
-            thr--;
-        }
-        for (int64_t j = sink; j < ls; j++)
-            if (score[j] > thr)
-                keep[j] = 1;
-        for (int64_t j = ls - 1; j >= sink && need > 0; j--)
-            if (score[j] == thr) {
-                keep[j] = 1;
-                need--;
-            }
+    for (int64_t j = 0; j < n; j++) {
+        const double e = exp((double)(logit[j] - mx));
+        total += e;
+        if (j < sink || j >= ls)
+            fixed += e;
     }
-    double kept = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        if (keep[j])
-            kept += exp((double)(logit[j] - mx));
-    *learned = kept / total;
-    /* oracle: the heavy best candidates by true logit */
+    const int64_t cand = ls > sink ? ls - sink : 0;
+    memset(hist, 0, (size_t)(max_score + 1) * sizeof(int32_t));
+    for (int64_t j = sink; j < ls; j++)
+        hist[score[j]]++;
     int64_t m = 0;
     for (int64_t j = sink; j < ls; j++)
         sorted[m++] = logit[j];
-    double om = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        if (j < sink || j >= ls)
-            om += exp((double)(logit[j] - mx));
-    if (heavy >= cand) {
-        for (int64_t j = 0; j < m; j++)
-            om += exp((double)(sorted[j] - mx));
-    } else {
-        for (int64_t a = 0; a < heavy; a++) { /* selection of the max, heavy ≪ m at 1/32 */
-            int64_t best = a;
-            for (int64_t j = a + 1; j < m; j++)
-                if (sorted[j] > sorted[best])
-                    best = j;
-            float tmp = sorted[a];
-            sorted[a] = sorted[best];
-            sorted[best] = tmp;
-            om += exp((double)(sorted[a] - mx));
+    int64_t prefix = m; /* budgets shrink: each oracle selection searches the previous one's prefix */
+    for (int32_t e = 0; e < TR_EVAL_BUDGETS; e++) {
+        const int64_t heavy = ha_heavy_for_length(n, eval_fracs[e], 0);
+        double kept = fixed, om = fixed;
+        if (heavy >= cand) {
+            for (int64_t j = sink; j < ls; j++)
+                kept += exp((double)(logit[j] - mx));
+            om = kept;
+        } else if (heavy > 0) {
+            int64_t need = heavy;
+            int32_t thr = max_score;
+            while (thr > 0 && hist[thr] < need) {
+                need -= hist[thr];
+                thr--;
+            }
+            for (int64_t j = ls - 1; j >= sink; j--)
+                if (score[j] > thr || (score[j] == thr && need-- > 0))
+                    kept += exp((double)(logit[j] - mx));
+            tr_kth_largest(sorted, prefix, heavy);
+            prefix = heavy;
+            for (int64_t j = 0; j < heavy; j++)
+                om += exp((double)(sorted[j] - mx));
         }
+        learned[e] = kept / total;
+        oracle[e] = om / total;
     }
-    *oracle = om / total;
 }
 
 /** Code bits of rows x through F (sign of the output), packed as 0/1 bytes [rows, bits]. */
@@ -519,18 +559,18 @@ static void codes_of(tr_mlp *f, tr_mlp_work *w, const float *x, int64_t rows, ui
 }
 
 /**
- * Mean recall over the window's rows at heavy = ⌊n/32⌋, per sparse layer: learned[sl], oracle[sl]
- * (means over query heads). Group mode: the group's query heads sum their similarities and share
- * one index set, as the runtime does.
+ * Mean recall over the window's rows at each evaluation budget, per sparse layer:
+ * learned[e][sl], oracle[e][sl] (means over query heads). Group mode: the group's query heads sum
+ * their similarities and share one index set, as the runtime does.
  */
-static void eval_recall(problem *p, const tr_window *w, double *learned, double *oracle)
+static void eval_recall(problem *p, const tr_window *w, double learned[][64], double oracle[][64])
 {
     const tr_data_geom *g = &p->geom;
     const int32_t b = p->o->bits, d = g->head_dim, n_code = p->o->group_mode ? g->kv_heads : g->q_heads;
     const int32_t per = g->q_heads / n_code, group = g->q_heads / g->kv_heads;
     const float scale = 1.0f / sqrtf((float)d);
     for (int32_t sl = 0; sl < g->n_sparse; sl++) {
-        double lsum = 0.0, osum = 0.0;
+        double lsum[TR_EVAL_BUDGETS] = {0}, osum[TR_EVAL_BUDGETS] = {0};
         for (int32_t ch = 0; ch < n_code; ch++) {
             task *t = &p->tasks[sl * n_code + ch];
             uint8_t *kc = malloc((size_t)w->n * (size_t)b);
@@ -540,14 +580,13 @@ static void eval_recall(problem *p, const tr_window *w, double *learned, double 
             for (int32_t qh = 0; qh < per; qh++)
                 codes_of(&t->fq[qh], &p->scr[0].wk, w->q[sl] + (size_t)(t->q_first + qh) * (size_t)w->rows * (size_t)d,
                          w->rows, qc + (size_t)qh * (size_t)w->rows * (size_t)b);
-            double l_acc = 0.0, o_acc = 0.0;
-#pragma omp parallel for schedule(dynamic, 8) reduction(+ : l_acc, o_acc)
+            double l0 = 0.0, l1 = 0.0, l2 = 0.0, o0 = 0.0, o1 = 0.0, o2 = 0.0;
+#pragma omp parallel for schedule(dynamic, 8) reduction(+ : l0, l1, l2, o0, o1, o2)
             for (int32_t r = 0; r < w->rows; r++) {
                 const int64_t n = (int64_t)w->pos[r] + 1;
                 int32_t *score = calloc((size_t)n, sizeof(int32_t));
                 float *logit = malloc((size_t)n * sizeof(float));
                 float *sorted = malloc((size_t)n * sizeof(float));
-                uint8_t *keep = malloc((size_t)n);
                 int32_t *hist = malloc((size_t)(per * b + 1) * sizeof(int32_t));
                 for (int32_t qh = 0; qh < per; qh++) {
                     const uint8_t *cq = qc + ((size_t)qh * (size_t)w->rows + (size_t)r) * (size_t)b;
@@ -558,45 +597,48 @@ static void eval_recall(problem *p, const tr_window *w, double *learned, double 
                         score[j] += same;
                     }
                 }
-                const int64_t heavy = ha_heavy_for_length(n, 1.0 / 32.0, 0);
                 for (int32_t qh = 0; qh < per; qh++) {
                     const int32_t h = t->q_first + qh;
                     const float *qi = w->q[sl] + ((size_t)h * (size_t)w->rows + (size_t)r) * (size_t)d;
                     const float *kh = w->k[sl] + (size_t)(h / group) * (size_t)w->n * (size_t)d;
                     for (int64_t j = 0; j < n; j++)
                         logit[j] = scale * tr_dot(qi, kh + (size_t)j * (size_t)d, d);
-                    double lr, orc;
-                    recall_row(logit, score, per * b, n, g->sink, g->local, heavy, hist, keep, sorted, &lr, &orc);
-                    l_acc += lr;
-                    o_acc += orc;
+                    double lr[TR_EVAL_BUDGETS], orc[TR_EVAL_BUDGETS];
+                    recall_row(logit, score, per * b, n, g->sink, g->local, hist, sorted, lr, orc);
+                    l0 += lr[0], l1 += lr[1], l2 += lr[2];
+                    o0 += orc[0], o1 += orc[1], o2 += orc[2];
                 }
                 free(score);
                 free(logit);
                 free(sorted);
-                free(keep);
                 free(hist);
             }
-            lsum += l_acc;
-            osum += o_acc;
+            lsum[0] += l0, lsum[1] += l1, lsum[2] += l2;
+            osum[0] += o0, osum[1] += o1, osum[2] += o2;
             free(kc);
             free(qc);
         }
-        learned[sl] = lsum / ((double)g->q_heads * w->rows);
-        oracle[sl] = osum / ((double)g->q_heads * w->rows);
+        for (int32_t e = 0; e < TR_EVAL_BUDGETS; e++) {
+            learned[e][sl] = lsum[e] / ((double)g->q_heads * w->rows);
+            oracle[e][sl] = osum[e] / ((double)g->q_heads * w->rows);
+        }
     }
 }
 
 static void report_recall(problem *p, const tr_window *w, const char *what)
 {
-    double learned[64], oracle[64], lm = 0.0, om = 0.0;
+    double learned[TR_EVAL_BUDGETS][64], oracle[TR_EVAL_BUDGETS][64];
     eval_recall(p, w, learned, oracle);
-    fprintf(stderr, "[ha-train] %s recall@1/32 (learned / oracle):", what);
-    for (int32_t sl = 0; sl < p->geom.n_sparse; sl++) {
-        fprintf(stderr, "  L%d %.3f/%.3f", p->geom.layers[sl], learned[sl], oracle[sl]);
-        lm += learned[sl];
-        om += oracle[sl];
+    for (int32_t e = 0; e < TR_EVAL_BUDGETS; e++) {
+        double lm = 0.0, om = 0.0;
+        fprintf(stderr, "[ha-train] %s recall@%s (learned / oracle):", what, eval_names[e]);
+        for (int32_t sl = 0; sl < p->geom.n_sparse; sl++) {
+            fprintf(stderr, "  L%d %.4f/%.4f", p->geom.layers[sl], learned[e][sl], oracle[e][sl]);
+            lm += learned[e][sl];
+            om += oracle[e][sl];
+        }
+        fprintf(stderr, "  mean %.4f/%.4f\n", lm / p->geom.n_sparse, om / p->geom.n_sparse);
     }
-    fprintf(stderr, "  mean %.3f/%.3f\n", lm / p->geom.n_sparse, om / p->geom.n_sparse);
 }
 
 /* ---- writing ----------------------------------------------------------------------------------- */
@@ -690,6 +732,9 @@ int main(int argc, char **argv)
     p.geom = (tr_data_geom){.n_sparse = n_sparse, .layers = layers, .q_heads = cfg->num_q_heads,
                             .kv_heads = cfg->num_kv_heads, .head_dim = cfg->head_dim, .sink = o.sink,
                             .local = o.local, .topk = o.topk};
+    p.geom.n_levels = o.n_levels > 0 ? o.n_levels : 1; /* frac 0: the top-k level */
+    for (int32_t l = 0; l < o.n_levels; l++)
+        p.geom.frac[l] = o.target_frac[l];
 
     /* capture */
     lm_session_config scfg;

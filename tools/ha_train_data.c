@@ -1,7 +1,10 @@
 /*
- * ha_train_data.c — capture of keys/queries through the runner's q/k/v hook, and the top-k targets.
+ * ha_train_data.c — capture of keys/queries through the runner's q/k/v hook, and the target
+ * thresholds (the K-th largest candidate logit of each row and level).
  */
 #include "ha_train_data.h"
+
+#include "ha_shared.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,36 +52,70 @@ static void capture_hook(void *user, int32_t layer, int64_t pos, int64_t count, 
     }
 }
 
-/* Top-k candidates of one row by logit (ties: higher index), written ascending by index. */
-static void row_targets(const float *qi, const float *kh, int32_t d, int64_t begin, int64_t end, int32_t topk,
-                        int32_t *out, float *val, int32_t *idx)
+float tr_kth_largest(float *a, int64_t n, int64_t k)
 {
-    int32_t have = 0; /* val/idx sorted best first */
-    for (int64_t j = begin; j < end; j++) {
-        const float l = tr_dot(qi, kh + (size_t)j * (size_t)d, d);
-        /* j grows, so an equal logit beats what is kept (higher index first) */
-        if (have == topk && l < val[have - 1])
-            continue;
-        int32_t at = have < topk ? have : topk - 1;
-        while (at > 0 && val[at - 1] <= l) {
-            val[at] = val[at - 1];
-            idx[at] = idx[at - 1];
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        /* median of three as pivot, Hoare-style partition into ≥ pivot | ≤ pivot */
+        const int64_t mid = lo + (hi - lo) / 2;
+        float x = a[lo], y = a[mid], z = a[hi];
+        const float pivot = x > y ? (y > z ? y : (x > z ? z : x)) : (x > z ? x : (y > z ? z : y));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot)
+                i++;
+            while (a[j] < pivot)
+                j--;
+            if (i <= j) {
+                float t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            break; /* a[j+1 .. i-1] all equal the pivot */
+    }
+    return a[want];
+}
+
+int64_t tr_level_count(const tr_data_geom *g, int32_t level, int64_t len, int64_t cand)
+{
+    int64_t k = g->frac[level] > 0.0 ? ha_heavy_for_length(len, g->frac[level], 0) : g->topk;
+    return k < 1 ? 1 : (k > cand ? cand : k);
+}
+
+/* Thresholds of one row: per level the K-th largest candidate logit (buf: scratch of end − begin). */
+static void row_thresholds(const tr_data_geom *g, const float *qi, const float *kh, int64_t begin, int64_t end,
+                           int64_t len, float *out, float *buf)
+{
+    const int32_t d = g->head_dim;
+    const int64_t cand = end - begin;
+    for (int64_t j = begin; j < end; j++)
+        buf[j - begin] = tr_dot(qi, kh + (size_t)j * (size_t)d, d);
+    /* levels by decreasing K: each selection narrows the prefix the next one searches */
+    int32_t order[TR_MAX_LEVELS];
+    int64_t count[TR_MAX_LEVELS];
+    for (int32_t l = 0; l < g->n_levels; l++) {
+        count[l] = tr_level_count(g, l, len, cand);
+        int32_t at = l;
+        while (at > 0 && count[order[at - 1]] < count[l]) {
+            order[at] = order[at - 1];
             at--;
         }
-        val[at] = l;
-        idx[at] = (int32_t)j;
-        if (have < topk)
-            have++;
+        order[at] = l;
     }
-    /* ascending by index; fewer candidates than topk never happens (rows are chosen so) */
-    for (int32_t a = 0; a < have; a++)
-        out[a] = idx[a];
-    for (int32_t a = 1; a < have; a++)
-        for (int32_t b = a; b > 0 && out[b - 1] > out[b]; b--) {
-            int32_t tmp = out[b];
-            out[b] = out[b - 1];
-            out[b - 1] = tmp;
-        }
+    int64_t prefix = cand;
+    for (int32_t a = 0; a < g->n_levels; a++) {
+        const int32_t l = order[a];
+        out[l] = tr_kth_largest(buf, prefix, count[l]);
+        prefix = count[l];
+    }
 }
 
 int tr_window_capture(tr_window *w, lm_session *s, const tr_data_geom *g, const int32_t *tokens, int64_t n,
@@ -91,16 +128,16 @@ int tr_window_capture(tr_window *w, lm_session *s, const tr_data_geom *g, const 
     w->pos = malloc((size_t)rows * sizeof(int32_t));
     w->k = calloc((size_t)g->n_sparse, sizeof(float *));
     w->q = calloc((size_t)g->n_sparse, sizeof(float *));
-    w->top = calloc((size_t)g->n_sparse, sizeof(int32_t *));
+    w->thr = calloc((size_t)g->n_sparse, sizeof(float *));
     int32_t *row_of = malloc((size_t)n * sizeof(int32_t));
     int32_t sparse_of[1024];
-    if (!w->pos || !w->k || !w->q || !w->top || !row_of)
+    if (!w->pos || !w->k || !w->q || !w->thr || !row_of)
         goto oom;
     for (int32_t l = 0; l < g->n_sparse; l++) {
         w->k[l] = malloc((size_t)g->kv_heads * (size_t)n * d * sizeof(float));
         w->q[l] = malloc((size_t)g->q_heads * (size_t)rows * d * sizeof(float));
-        w->top[l] = malloc((size_t)g->q_heads * (size_t)rows * (size_t)g->topk * sizeof(int32_t));
-        if (!w->k[l] || !w->q[l] || !w->top[l])
+        w->thr[l] = malloc((size_t)g->q_heads * (size_t)rows * (size_t)g->n_levels * sizeof(float));
+        if (!w->k[l] || !w->q[l] || !w->thr[l])
             goto oom;
     }
     memcpy(w->pos, pos, (size_t)rows * sizeof(int32_t));
@@ -128,21 +165,30 @@ int tr_window_capture(tr_window *w, lm_session *s, const tr_data_geom *g, const 
 
     const int32_t group = g->q_heads / g->kv_heads;
     const int64_t jobs = (int64_t)g->n_sparse * g->q_heads * rows;
+    int failed = 0;
 #pragma omp parallel
     {
-        float val[1024];
-        int32_t idx[1024];
+        float *buf = malloc((size_t)n * sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic, 64)
         for (int64_t job = 0; job < jobs; job++) {
+            if (!buf)
+                continue;
             const int32_t r = (int32_t)(job % rows), h = (int32_t)(job / rows % g->q_heads);
             const int32_t l = (int32_t)(job / rows / g->q_heads);
             const float *qi = w->q[l] + ((size_t)h * (size_t)rows + (size_t)r) * d;
             const float *kh = w->k[l] + (size_t)(h / group) * (size_t)n * d;
             const int64_t len = (int64_t)w->pos[r] + 1;
-            row_targets(qi, kh, g->head_dim, g->sink, len - g->local, g->topk,
-                        w->top[l] + ((size_t)h * (size_t)rows + (size_t)r) * (size_t)g->topk, val, idx);
+            row_thresholds(g, qi, kh, g->sink, len - g->local, len,
+                           w->thr[l] + ((size_t)h * (size_t)rows + (size_t)r) * (size_t)g->n_levels, buf);
         }
+        free(buf);
     }
+    if (failed)
+        goto oom;
     return 0;
 
 oom:
@@ -159,12 +205,12 @@ void tr_window_free(tr_window *w, const tr_data_geom *g)
             free(w->k[l]);
         if (w->q)
             free(w->q[l]);
-        if (w->top)
-            free(w->top[l]);
+        if (w->thr)
+            free(w->thr[l]);
     }
     free(w->k);
     free(w->q);
-    free(w->top);
+    free(w->thr);
     free(w->pos);
     memset(w, 0, sizeof(*w));
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tool_cli.h"
 
@@ -27,5 +28,22 @@ int tool_parse_int(const char *what, const char *s, int64_t lo, int64_t hi, int3
     if (*s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi || *s == ' ' || *s == '+')
         return tool_complain("%s: \"%s\" is not an integer in [%lld, %lld]", what, s, (long long)lo, (long long)hi);
     *out = (int32_t)v;
+    return 1;
+}
+
+int tool_parse_fraction(const char *what, const char *s, double *out)
+{
+    char *end;
+    double f;
+    if (!strncmp(s, "1/", 2)) {
+        long long k = strtoll(s + 2, &end, 10);
+        f = k > 0 && s[2] != '\0' && !*end ? 1.0 / (double)k : -1.0;
+    } else {
+        f = strtod(s, &end);
+        f = *s == '\0' || *end ? -1.0 : f;
+    }
+    if (!(f > 0.0 && f <= 1.0))
+        return tool_complain("%s: \"%s\" is not a fraction in (0, 1] (1/K or a decimal)", what, s);
+    *out = f;
     return 1;
 }

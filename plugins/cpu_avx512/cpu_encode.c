@@ -31,7 +31,8 @@ static void encode_block(const cpu_ctx *ctx, const cpu_plan *plan, const ha_enco
         const cpu_mlp_layer *L = &mlp->layer[l];
         cpu_layer_args la = {
             .x = cur, .x_stride = ld, .y = next, .y_stride = ld, .tokens = n, .in_dim = L->in_dim,
-            .out_pad = L->out_pad, .wt = L->wt + (size_t)m * L->in_dim * L->out_pad,
+            .out_pad = L->out_pad, .wt_dtype = L->wt_dtype,
+            .wt = (const char *)L->wt + (size_t)m * L->in_dim * L->out_pad * ha_elem_size(L->wt_dtype),
             .bias = L->bias + (size_t)m * L->out_pad, .silu = l < mlp->depth - 1,
         };
         ctx->k->mlp_layer(&la);

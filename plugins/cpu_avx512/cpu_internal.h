@@ -62,7 +62,8 @@ typedef struct cpu_layer_args {
     int32_t tokens;
     int32_t in_dim;
     int32_t out_pad; /**< multiple of 16; padded weight columns and biases are 0 */
-    const float *wt;
+    const void *wt;  /**< of dtype wt_dtype */
+    ha_dtype wt_dtype;
     const float *bias;
     int silu;
 } cpu_layer_args;
@@ -163,8 +164,9 @@ typedef struct cpu_mlp_layer {
     int32_t in_dim;
     int32_t out_dim;
     int32_t out_pad;
-    float *wt;   /**< [heads, in_dim, out_pad] (transposed, zero-padded columns) */
-    float *bias; /**< [heads, out_pad] */
+    ha_dtype wt_dtype; /**< F32, or F16 / BF16 when every weight of the layer is exact in it */
+    void *wt;          /**< [heads, in_dim, out_pad] of wt_dtype (transposed, zero-padded columns) */
+    float *bias;       /**< [heads, out_pad] */
 } cpu_mlp_layer;
 
 typedef struct cpu_mlp {
@@ -173,7 +175,7 @@ typedef struct cpu_mlp {
     int32_t bits;
     int32_t widest_pad; /**< widest layer (input included), rounded up to 16 */
     cpu_mlp_layer layer[HA_PLUGIN_MAX_MLP_DEPTH];
-    float *storage;
+    void *storage;
 } cpu_mlp;
 
 /** Per-thread scratch, carved from one allocation; every part 64-byte aligned. */
