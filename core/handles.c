@@ -122,37 +122,62 @@ void ha_handle_unregister(const void *handle)
     free_list = (uint32_t)index + 1;
 }
 
-ha_status ha_handle_lookup(const char *fn, ha_kind kind, const void *handle, void **object)
+/* What a handle value names; found without side effects, so that it may run under the lock. */
+typedef enum found { FOUND, FOUND_NULL, FOUND_FOREIGN, FOUND_DESTROYED, FOUND_OTHER_KIND } found;
+
+static found find(ha_kind kind, const void *handle, void **object, uint32_t *seen_kind)
 {
     *object = NULL;
-    const char *arg = arg_name(kind);
     if (!handle)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, arg);
+        return FOUND_NULL;
     uintptr_t v = (uintptr_t)handle;
     uint32_t gen = (uint32_t)(v >> HALF_BITS);
     uintptr_t low = v & LOW_MASK;
     slot *s = gen && low && low <= __atomic_load_n(&slots_made, __ATOMIC_RELAXED) ? slot_at(low - 1) : NULL;
     if (!s)
+        return FOUND_FOREIGN;
+    *seen_kind = __atomic_load_n(&s->kind, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&s->generation, __ATOMIC_ACQUIRE) != gen || *seen_kind == HA_KIND_NONE)
+        return FOUND_DESTROYED;
+    if (*seen_kind != (uint32_t)kind)
+        return FOUND_OTHER_KIND;
+    *object = __atomic_load_n(&s->object, __ATOMIC_RELAXED);
+    return FOUND;
+}
+
+/** The status and message of what find said (outside the lock: ha_fail runs the log callback). */
+static ha_status report(const char *fn, ha_kind kind, const void *handle, found f, uint32_t seen_kind)
+{
+    const char *arg = arg_name(kind);
+    switch (f) {
+    case FOUND: return HA_OK;
+    case FOUND_NULL: return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, arg);
+    case FOUND_FOREIGN:
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s = %p is not a handle the library returned", fn, arg, handle);
-    uint32_t seen_kind = __atomic_load_n(&s->kind, __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&s->generation, __ATOMIC_ACQUIRE) != gen || seen_kind == HA_KIND_NONE)
+    case FOUND_DESTROYED:
         return ha_fail(HA_ERR_STATE, "%s: %s = %p was already destroyed (used after being freed or closed)", fn, arg,
                        handle);
-    if (seen_kind != (uint32_t)kind)
+    default:
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s = %p is a %s handle, not a %s handle", fn, arg, handle,
                        kind_name(seen_kind), kind_name(kind));
-    *object = __atomic_load_n(&s->object, __ATOMIC_RELAXED);
-    return HA_OK;
+    }
+}
+
+ha_status ha_handle_lookup(const char *fn, ha_kind kind, const void *handle, void **object)
+{
+    uint32_t seen_kind = HA_KIND_NONE;
+    return report(fn, kind, handle, find(kind, handle, object, &seen_kind), seen_kind);
 }
 
 ha_status ha_handle_take(const char *fn, ha_kind kind, const void *handle, void **object)
 {
+    uint32_t seen_kind = HA_KIND_NONE;
     ha_lifecycle_lock();
-    ha_status st = ha_handle_lookup(fn, kind, handle, object);
-    if (st == HA_OK)
+    found f = find(kind, handle, object, &seen_kind);
+    if (f == FOUND)
         ha_handle_unregister(handle);
     ha_lifecycle_unlock();
-    return st;
+    return report(fn, kind, handle, f, seen_kind);
 }
 
 void *ha_handle_publish(ha_kind kind, void *object, int *parent_users, int *grandparent_users)

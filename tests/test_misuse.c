@@ -505,6 +505,30 @@ static void test_destruction_order(void **state)
     assert_string_equal(ha_last_error(), "");
 }
 
+/* A log callback that destroys an object: the registry must not hold its lock while logging. */
+static ha_plan *callback_victim;
+
+static void destroy_in_callback(void *user, ha_log_level level, const char *message)
+{
+    (void)user;
+    (void)level;
+    (void)message;
+    ha_plan *p = callback_victim;
+    callback_victim = NULL;
+    ha_plan_destroy(p);
+}
+
+static void test_log_callback_calls_back(void **state)
+{
+    (void)state;
+    callback_victim = make_plan(fx.rt, fx.w, 1);
+    ha_set_log_callback(destroy_in_callback, NULL, HA_LOG_WARN);
+    ha_plan_destroy(fx.plan_dead); /* fails, logs: the callback destroys another plan (would deadlock) */
+    ha_cache_destroy(fx.cache_dead);
+    ha_set_log_callback(NULL, NULL, HA_LOG_WARN);
+    assert_null(callback_victim);
+}
+
 /* ---- objects that do not belong together ------------------------------------------------------- */
 
 static void test_mixed_objects(void **state)
@@ -820,6 +844,7 @@ int main(void)
         cmocka_unit_test(test_destroy_twice),
         cmocka_unit_test(test_stale_handle_after_slot_reuse),
         cmocka_unit_test(test_destruction_order),
+        cmocka_unit_test(test_log_callback_calls_back),
         cmocka_unit_test(test_mixed_objects),
         cmocka_unit_test(test_indices_out_of_range),
         cmocka_unit_test(test_overflowing_sizes),
