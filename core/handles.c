@@ -166,7 +166,8 @@ static ha_status report(const char *fn, ha_kind kind, const void *handle, found 
 ha_status ha_handle_lookup(const char *fn, ha_kind kind, const void *handle, void **object)
 {
     uint32_t seen_kind = HA_KIND_NONE;
-    return report(fn, kind, handle, find(kind, handle, object, &seen_kind), seen_kind);
+    found f = find(kind, handle, object, &seen_kind);
+    return report(fn, kind, handle, f, seen_kind);
 }
 
 ha_status ha_handle_take(const char *fn, ha_kind kind, const void *handle, void **object)

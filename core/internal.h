@@ -11,6 +11,7 @@
 #include "hashattn.h"
 #include "hashattn_plugin.h"
 #include "host_alloc.h"
+#include "ptr_set.h"
 #include "weights_host.h"
 
 #define HA_INTERNAL __attribute__((visibility("hidden")))
@@ -74,6 +75,7 @@ HA_INTERNAL void ha_handle_unregister(const void *handle);          /* under the
  */
 struct ha_runtime {
     ha_backend backend;
+    ha_ptr_set blocks; /**< backend memory handed out by ha_mem_alloc and not yet freed */
     int users;    /**< weights, plans, caches alive (under the lifecycle lock) */
     int released; /**< ha_runtime_close was called                            */
 };

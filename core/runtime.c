@@ -8,6 +8,10 @@
 
 static void runtime_destroy(ha_runtime *rt)
 {
+    size_t blocks = ha_ptr_set_count(&rt->blocks);
+    if (blocks)
+        ha_log(HA_LOG_WARN, "ha_runtime_close: %zu blocks of ha_mem_alloc memory were never freed", blocks);
+    ha_ptr_set_destroy(&rt->blocks);
     ha_backend_close(&rt->backend);
     free(rt);
 }
@@ -51,8 +55,10 @@ HA_API ha_status ha_runtime_open(const ha_runtime_options *options, ha_runtime *
     ha_runtime *rt = ha_calloc(1, sizeof *rt);
     if (!rt)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory");
+    ha_ptr_set_init(&rt->blocks);
     ha_status st = ha_backend_open(opt.backend, opt.device, &rt->backend);
     if (st != HA_OK) {
+        ha_ptr_set_destroy(&rt->blocks);
         free(rt);
         return st;
     }
@@ -126,15 +132,30 @@ HA_API ha_status ha_mem_alloc(ha_runtime *handle, size_t bytes, void **out)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
     if (bytes == 0 || bytes > (size_t)INT64_MAX)
         return ha_fail(bytes ? HA_ERR_OVERFLOW : HA_ERR_INVALID_ARGUMENT, "%s: bytes = %zu", fn, bytes);
-    return ha_backend_alloc(&rt->backend, fn, "the caller", bytes, out);
+    st = ha_backend_alloc(&rt->backend, fn, "the caller", bytes, out);
+    if (st == HA_OK && !ha_ptr_set_add(&rt->blocks, *out)) {
+        rt->backend.api->mem_free(rt->backend.ctx, *out);
+        *out = NULL;
+        st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory (the set of allocated blocks)", fn);
+    }
+    return st;
 }
 
 HA_API void ha_mem_free(ha_runtime *handle, void *ptr)
 {
     ha_clear_error();
     ha_runtime *rt = ptr ? runtime_of("ha_mem_free", handle) : NULL;
-    if (rt)
-        rt->backend.api->mem_free(rt->backend.ctx, ptr);
+    if (!rt)
+        return;
+    /* only blocks this runtime handed out: a second free, or a pointer of another runtime or inside a
+     * block, never reaches the backend's free */
+    if (!ha_ptr_set_remove(&rt->blocks, ptr)) {
+        ha_fail(HA_ERR_INVALID_ARGUMENT,
+                "ha_mem_free: ptr = %p is not a block that ha_mem_alloc of this runtime returned (freed already, "
+                "another runtime's, or inside a block)", ptr);
+        return;
+    }
+    rt->backend.api->mem_free(rt->backend.ctx, ptr);
 }
 
 HA_API ha_status ha_mem_copy(ha_runtime *handle, void *dst, const void *src, size_t bytes, ha_copy_kind kind)

@@ -33,7 +33,9 @@
  * a message naming the argument; nothing the caller passed is dereferenced. Calls returning void
  * (close, free, destroy) or a value (getters) report such a handle through ha_last_error() and do
  * nothing. A stale handle stays detectable until its slot has been reused 2^32 times. Pointers to
- * backend memory (ha_mem_alloc) are plain addresses and are not checked this way.
+ * backend memory are plain addresses; ha_mem_free accepts only blocks its runtime's ha_mem_alloc
+ * returned and has not freed yet (a second free is reported, not passed on), but cannot tell a block
+ * freed and then handed out again at the same address.
  *
  * Lifetimes: a plan or cache keeps the weights and runtime it was made from alive, and weights keep
  * their runtime. ha_weights_free and ha_runtime_close invalidate the handle at once; the object
@@ -200,6 +202,8 @@ HA_API int ha_runtime_is_host_memory(const ha_runtime *rt);
 
 /** Allocates bytes of backend memory (64-byte aligned). ha_mem_free releases it. */
 HA_API ha_status ha_mem_alloc(ha_runtime *rt, size_t bytes, void **out);
+/** Frees a block ha_mem_alloc of rt returned. NULL is a no-op; any other pointer (freed already, of
+ *  another runtime, inside a block) is reported through ha_last_error() and not freed. */
 HA_API void ha_mem_free(ha_runtime *rt, void *ptr);
 typedef enum ha_copy_kind { HA_COPY_HOST_TO_BACKEND = 0, HA_COPY_BACKEND_TO_HOST = 1, HA_COPY_BACKEND_TO_BACKEND = 2 } ha_copy_kind;
 /** Copies bytes (synchronously with respect to the host). */

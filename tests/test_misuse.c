@@ -396,6 +396,9 @@ static void test_bad_handles_everywhere(void **state)
             for (size_t k = 0; k < sizeof never / sizeof never[0]; k++, cases++)
                 expect_rejected(e, position, never[k], HA_ERR_INVALID_ARGUMENT, never_names[k]);
             expect_rejected(e, position, other_kind(position), HA_ERR_INVALID_ARGUMENT, "a handle of another kind");
+            const char *expected_kind = position == P_RT ? "runtime" : position == P_W ? "weights" : arg_of(position);
+            if (!strstr(ha_last_error(), "handle, not a") || !tx_mentions(ha_last_error(), expected_kind))
+                fail_msg("%s: the message \"%s\" does not say which kinds were mixed", e->name, ha_last_error());
             expect_rejected(e, position, destroyed(position), HA_ERR_STATE, "a destroyed handle");
             if (!tx_mentions(ha_last_error(), "destroyed"))
                 fail_msg("%s: the message \"%s\" does not say the handle was destroyed", e->name, ha_last_error());
@@ -503,6 +506,60 @@ static void test_destruction_order(void **state)
     ha_plan_destroy(plan);
     ha_cache_destroy(cache);
     assert_string_equal(ha_last_error(), "");
+}
+
+/* Backend memory: ha_mem_free takes only live blocks of its own runtime. */
+static void test_mem_free_misuse(void **state)
+{
+    (void)state;
+    void *p = NULL, *other = NULL, *big = NULL;
+    EXPECT_OK(ha_mem_alloc(fx.rt, 100, &p));
+    ha_mem_free(fx.rt, p);
+    assert_string_equal(ha_last_error(), "");
+    EXPECT_ERROR_MESSAGE(ha_mem_free(fx.rt, p), "ptr"); /* twice */
+    EXPECT_OK(ha_mem_alloc(fx.rt_other, 64, &other));
+    EXPECT_ERROR_MESSAGE(ha_mem_free(fx.rt, other), "ptr"); /* another runtime's block */
+    ha_mem_free(fx.rt_other, other);                        /* still there for its own runtime */
+    assert_string_equal(ha_last_error(), "");
+    EXPECT_OK(ha_mem_alloc(fx.rt, 256, &big));
+    EXPECT_ERROR_MESSAGE(ha_mem_free(fx.rt, (char *)big + 64), "ptr"); /* inside a block */
+    int local;
+    EXPECT_ERROR_MESSAGE(ha_mem_free(fx.rt, &local), "ptr");
+    ha_mem_free(fx.rt, big);
+    ha_mem_free(fx.rt, NULL);
+    assert_string_equal(ha_last_error(), "");
+
+    /* many blocks freed in random order, each freed twice: the first free works, the second is refused */
+    enum { N = 1500 };
+    void **blocks = malloc(N * sizeof *blocks);
+    int32_t *order = malloc(2 * N * sizeof *order);
+    assert_true(blocks && order);
+    for (int i = 0; i < N; i++) {
+        EXPECT_OK(ha_mem_alloc(fx.rt, (size_t)(1 + i % 97), &blocks[i]));
+        order[i] = order[N + i] = i;
+    }
+    tu_rng r;
+    tu_rng_seed(&r, 0xf7eeull);
+    tu_rng_shuffle(&r, order, 2 * N);
+    char *freed = calloc(N, 1);
+    assert_non_null(freed);
+    int refused = 0;
+    for (int k = 0; k < 2 * N; k++) {
+        int i = order[k];
+        ha_mem_free(fx.rt, blocks[i]);
+        if (freed[i]) { /* checked here, not tallied: 1500 alike cases would swamp the counts */
+            if (!tx_mentions(ha_last_error(), "ptr"))
+                fail_msg("freeing block %d twice: \"%s\" does not name ptr", i, ha_last_error());
+            refused++;
+        } else if (*ha_last_error()) {
+            fail_msg("freeing block %d the first time: %s", i, ha_last_error());
+        }
+        freed[i] = 1;
+    }
+    assert_int_equal(refused, N);
+    free(freed);
+    free(order);
+    free(blocks);
 }
 
 /* A log callback that destroys an object: the registry must not hold its lock while logging. */
@@ -845,6 +902,7 @@ int main(void)
         cmocka_unit_test(test_stale_handle_after_slot_reuse),
         cmocka_unit_test(test_destruction_order),
         cmocka_unit_test(test_log_callback_calls_back),
+        cmocka_unit_test(test_mem_free_misuse),
         cmocka_unit_test(test_mixed_objects),
         cmocka_unit_test(test_indices_out_of_range),
         cmocka_unit_test(test_overflowing_sizes),
