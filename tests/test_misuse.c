@@ -640,6 +640,63 @@ static void test_mixed_objects(void **state)
     ha_plan_destroy(plan_bits);
 }
 
+/* ---- NULL in every pointer argument and pointer field of the stages ------------------------------- */
+
+static void test_null_pointers(void **state)
+{
+    (void)state;
+    const ha_status inval = HA_ERR_INVALID_ARGUMENT;
+    ha_step s = good_step();
+    ha_plan *p = fx.plan;
+    ha_cache *c = fx.cache;
+    const int32_t *lens = fx.b.lens;
+    int32_t *idx = fx.b.o.indices, *cnt = fx.b.o.counts;
+    ha_tensor3 q_null = s.q, out_null = s.out;
+    q_null.data = NULL;
+    out_null.data = NULL;
+    ha_kv k_null = s.kv, v_null = s.kv;
+    k_null.k = NULL;
+    v_null.v = NULL;
+    tx_outputs_poison(&fx.b.o);
+    EXPECT_FAIL(ha_cache_encode_keys(p, c, 0, NULL, MAX_BATCH, lens, 4, NULL), inval, "kv");
+    EXPECT_FAIL(ha_cache_encode_keys(p, c, 0, &k_null, MAX_BATCH, lens, 4, NULL), inval, "k");
+    EXPECT_FAIL(ha_cache_encode_keys(p, c, 0, &s.kv, MAX_BATCH, NULL, 4, NULL), inval, "seq_end");
+    EXPECT_FAIL(ha_encode_queries(p, 0, NULL, MAX_BATCH, fx.b.o.codes, NULL), inval, "q");
+    EXPECT_FAIL(ha_encode_queries(p, 0, &q_null, MAX_BATCH, fx.b.o.codes, NULL), inval, "q");
+    EXPECT_FAIL(ha_encode_queries(p, 0, &s.q, MAX_BATCH, NULL, NULL), inval, "codes");
+    EXPECT_FAIL(ha_match(p, c, 0, NULL, &s.kv, MAX_BATCH, lens, idx, cnt, NULL), inval, "q_codes");
+    EXPECT_FAIL(ha_match(p, c, 0, fx.b.o.codes, NULL, MAX_BATCH, lens, idx, cnt, NULL), inval, "kv");
+    EXPECT_FAIL(ha_match(p, c, 0, fx.b.o.codes, &s.kv, MAX_BATCH, NULL, idx, cnt, NULL), inval, "seq_lens");
+    EXPECT_FAIL(ha_match(p, c, 0, fx.b.o.codes, &s.kv, MAX_BATCH, lens, NULL, cnt, NULL), inval, "indices");
+    EXPECT_FAIL(ha_match(p, c, 0, fx.b.o.codes, &s.kv, MAX_BATCH, lens, idx, NULL, NULL), inval, "counts");
+    EXPECT_FAIL(ha_match(p, NULL, 0, fx.b.o.codes, &s.kv, MAX_BATCH, lens, idx, cnt, NULL), inval, "cache");
+    /* attend, dense attend: every pointer and pointer field */
+    EXPECT_FAIL(ha_attend(p, NULL, &s.kv, MAX_BATCH, lens, idx, cnt, &s.out, NULL, NULL), inval, "q");
+    EXPECT_FAIL(ha_attend(p, &q_null, &s.kv, MAX_BATCH, lens, idx, cnt, &s.out, NULL, NULL), inval, "q");
+    EXPECT_FAIL(ha_attend(p, &s.q, NULL, MAX_BATCH, lens, idx, cnt, &s.out, NULL, NULL), inval, "kv");
+    EXPECT_FAIL(ha_attend(p, &s.q, &k_null, MAX_BATCH, lens, idx, cnt, &s.out, NULL, NULL), inval, "k");
+    EXPECT_FAIL(ha_attend(p, &s.q, &v_null, MAX_BATCH, lens, idx, cnt, &s.out, NULL, NULL), inval, "v");
+    EXPECT_FAIL(ha_attend(p, &s.q, &s.kv, MAX_BATCH, NULL, idx, cnt, &s.out, NULL, NULL), inval, "seq_lens");
+    EXPECT_FAIL(ha_attend(p, &s.q, &s.kv, MAX_BATCH, lens, NULL, cnt, &s.out, NULL, NULL), inval, "indices");
+    EXPECT_FAIL(ha_attend(p, &s.q, &s.kv, MAX_BATCH, lens, idx, NULL, &s.out, NULL, NULL), inval, "counts");
+    EXPECT_FAIL(ha_attend(p, &s.q, &s.kv, MAX_BATCH, lens, idx, cnt, NULL, NULL, NULL), inval, "out");
+    EXPECT_FAIL(ha_attend(p, &s.q, &s.kv, MAX_BATCH, lens, idx, cnt, &out_null, NULL, NULL), inval, "out");
+    EXPECT_FAIL(ha_dense_attend(p, NULL, &s.kv, MAX_BATCH, lens, &s.out, NULL, NULL), inval, "q");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, NULL, MAX_BATCH, lens, &s.out, NULL, NULL), inval, "kv");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, &k_null, MAX_BATCH, lens, &s.out, NULL, NULL), inval, "k");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, &v_null, MAX_BATCH, lens, &s.out, NULL, NULL), inval, "v");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, &s.kv, MAX_BATCH, NULL, &s.out, NULL, NULL), inval, "seq_lens");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, &s.kv, MAX_BATCH, lens, &out_null, NULL, NULL), inval, "out");
+    /* a paged KV without its block table, for every stage that reads it */
+    ha_kv no_table = tu_kv_backend(&fx.b.kv_paged);
+    no_table.block_table = NULL;
+    ha_cache *cp = fx.cache_paged;
+    EXPECT_FAIL(ha_cache_encode_keys(p, cp, 0, &no_table, MAX_BATCH, lens, 4, NULL), inval, "block_table");
+    EXPECT_FAIL(ha_match(p, cp, 0, fx.b.o.codes, &no_table, MAX_BATCH, lens, idx, cnt, NULL), inval, "block_table");
+    EXPECT_FAIL(ha_dense_attend(p, &s.q, &no_table, MAX_BATCH, lens, &s.out, NULL, NULL), inval, "block_table");
+    EXPECT_OUTPUTS_UNTOUCHED();
+}
+
 /* ---- indices out of range ---------------------------------------------------------------------- */
 
 static void test_indices_out_of_range(void **state)
@@ -904,6 +961,7 @@ int main(void)
         cmocka_unit_test(test_log_callback_calls_back),
         cmocka_unit_test(test_mem_free_misuse),
         cmocka_unit_test(test_mixed_objects),
+        cmocka_unit_test(test_null_pointers),
         cmocka_unit_test(test_indices_out_of_range),
         cmocka_unit_test(test_overflowing_sizes),
         cmocka_unit_test(test_wrong_order),
