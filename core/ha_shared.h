@@ -24,8 +24,10 @@ static inline HA_HD int64_t ha_heavy_for_length(int64_t n, double heavy_fraction
 {
     if (n <= 0)
         return 0;
-    if (heavy_fraction > 0.0)
-        return (int64_t)(heavy_fraction * (double)n);
+    if (heavy_fraction > 0.0) {
+        double heavy = heavy_fraction * (double)n; /* ≥ n only by rounding near INT64_MAX */
+        return heavy >= (double)n ? n : (int64_t)heavy;
+    }
     return heavy_count > 0 ? heavy_count : 0;
 }
 
@@ -36,8 +38,8 @@ static inline HA_HD int64_t ha_kept_for_length(int64_t n, int32_t sink, int32_t 
     if (n <= 0)
         return 0;
     int64_t heavy = ha_heavy_for_length(n, heavy_fraction, heavy_count);
-    int64_t all = (int64_t)sink + (int64_t)local + heavy;
-    return n <= all ? n : all;
+    int64_t windows = (int64_t)sink + (int64_t)local; /* compared without adding heavy: it may be INT64_MAX */
+    return n <= windows || heavy >= n - windows ? n : windows + heavy;
 }
 
 /** Start of the local window: tokens [local_start, n) are always kept; candidates are [sink, local_start). */

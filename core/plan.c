@@ -76,11 +76,7 @@ static ha_status scratch(ha_runtime *rt, int64_t n, size_t elem, void **out)
     int64_t bytes;
     if (!ha_mul_i64(n, (int64_t)elem, &bytes))
         return ha_fail(HA_ERR_OVERFLOW, "ha_plan_create: scratch of %lld elements overflows", (long long)n);
-    void *p = rt->backend.api->mem_alloc(rt->backend.ctx, (size_t)bytes);
-    if (!p)
-        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_plan_create: cannot allocate %lld bytes of scratch", (long long)bytes);
-    *out = p;
-    return HA_OK;
+    return ha_backend_alloc(&rt->backend, "ha_plan_create", "scratch", (size_t)bytes, out);
 }
 
 static void free_plan(ha_plan *p)
@@ -94,18 +90,28 @@ static void free_plan(ha_plan *p)
     free(p);
 }
 
-HA_API ha_status ha_plan_create(ha_runtime *rt, const ha_weights *w, const ha_plan_config *cfg, ha_plan **out)
+HA_API ha_status ha_plan_create(ha_runtime *rt_handle, const ha_weights *w_handle, const ha_plan_config *cfg,
+                                ha_plan **out)
 {
+    const char *fn = "ha_plan_create";
     ha_clear_error();
-    if (!rt || !cfg || !out)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "ha_plan_create: %s is NULL", !rt ? "rt" : !cfg ? "cfg" : "out");
-    *out = NULL;
-    if (w && w->rt != rt)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "ha_plan_create: the weights were loaded by another runtime");
-    ha_status st = check_config(w, cfg);
+    if (out)
+        *out = NULL; /* fully written on failure too */
+    ha_runtime *rt;
+    ha_weights *w = NULL;
+    ha_status st = ha_handle_lookup(fn, HA_KIND_RUNTIME, rt_handle, (void **)&rt);
+    if (st == HA_OK && w_handle)
+        st = ha_handle_lookup(fn, HA_KIND_WEIGHTS, w_handle, (void **)&w);
     if (st != HA_OK)
         return st;
-    ha_plan *p = calloc(1, sizeof *p);
+    if (!cfg || !out)
+        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !cfg ? "cfg" : "out");
+    if (w && w->rt != rt)
+        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the weights w were loaded by another runtime than rt", fn);
+    st = check_config(w, cfg);
+    if (st != HA_OK)
+        return st;
+    ha_plan *p = ha_calloc(1, sizeof *p);
     if (!p)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_plan_create: out of memory");
     p->rt = rt;
@@ -128,7 +134,7 @@ HA_API ha_status ha_plan_create(ha_runtime *rt, const ha_weights *w, const ha_pl
     d->scale = cfg->scale > 0.0f ? cfg->scale : (float)(1.0 / sqrt((double)d->head_dim));
     if (w) {
         /* every size is computed (and overflow-checked) before anything is allocated */
-        int64_t sel = ha_plan_selection_heads(p), rows = 0, code_words = 0, index_count = 0, index_bytes = 0;
+        int64_t sel = ha_plan_sel_heads(p), rows = 0, code_words = 0, index_count = 0, index_bytes = 0;
         if (!ha_mul_i64(d->max_batch, sel, &rows) ||
             !ha_mul_i64(rows, (int64_t)(d->q_heads / sel) * d->words, &code_words) ||
             !ha_mul_i64(rows, d->max_kept, &index_count) || !ha_mul_i64(index_count, 4, &index_bytes))
@@ -146,42 +152,65 @@ HA_API ha_status ha_plan_create(ha_runtime *rt, const ha_weights *w, const ha_pl
         if (st != HA_OK)
             st = ha_backend_fail(&rt->backend, st, "ha_plan_create");
     }
+    void *handle = st == HA_OK ? ha_handle_publish(HA_KIND_PLAN, p, &rt->users, w ? &w->users : NULL) : NULL;
+    if (st == HA_OK && !handle)
+        st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory (handle registry)", fn);
     if (st != HA_OK) {
         free_plan(p);
         return st;
     }
-    ha_object_created(rt);
-    *out = p;
+    *out = handle;
     return HA_OK;
 }
 
-HA_API void ha_plan_destroy(ha_plan *plan)
+/** A plan or cache is gone: it no longer uses its weights and runtime (which may go with it). */
+static void drop_parents(ha_runtime *rt, ha_weights *w)
 {
-    if (!plan)
-        return;
-    ha_runtime *rt = plan->rt;
-    free_plan(plan);
-    ha_object_destroyed(rt);
+    if (w)
+        ha_weights_drop_user(w);
+    ha_runtime_drop_user(rt);
 }
 
-HA_API int64_t ha_plan_max_kept(const ha_plan *plan)
+HA_API void ha_plan_destroy(ha_plan *handle)
 {
+    ha_clear_error();
+    ha_plan *plan;
+    if (!handle || ha_handle_take("ha_plan_destroy", HA_KIND_PLAN, handle, (void **)&plan) != HA_OK)
+        return;
+    ha_runtime *rt = plan->rt;
+    ha_weights *w = plan->w;
+    free_plan(plan);
+    drop_parents(rt, w);
+}
+
+static ha_plan *plan_of(const char *fn, const ha_plan *handle)
+{
+    ha_plan *plan;
+    return ha_handle_lookup(fn, HA_KIND_PLAN, handle, (void **)&plan) == HA_OK ? plan : NULL;
+}
+
+HA_API int64_t ha_plan_max_kept(const ha_plan *handle)
+{
+    ha_clear_error();
+    const ha_plan *plan = plan_of("ha_plan_max_kept", handle);
     return plan ? plan->desc.max_kept : 0;
 }
 
-HA_API int64_t ha_plan_kept_for_length(const ha_plan *plan, int64_t n)
+HA_API int64_t ha_plan_kept_for_length(const ha_plan *handle, int64_t n)
 {
+    ha_clear_error();
+    const ha_plan *plan = plan_of("ha_plan_kept_for_length", handle);
     if (!plan)
         return 0;
     const ha_plan_desc *d = &plan->desc;
     return ha_kept_for_length(n, d->sink, d->local, d->heavy_fraction, d->heavy_count);
 }
 
-HA_API int32_t ha_plan_selection_heads(const ha_plan *plan)
+HA_API int32_t ha_plan_selection_heads(const ha_plan *handle)
 {
-    if (!plan)
-        return 0;
-    return plan->desc.code_heads > 0 ? plan->desc.code_heads : plan->desc.q_heads;
+    ha_clear_error();
+    const ha_plan *plan = plan_of("ha_plan_selection_heads", handle);
+    return plan ? ha_plan_sel_heads(plan) : 0;
 }
 
 /* ---- key-code cache ------------------------------------------------------------------------ */
@@ -194,18 +223,28 @@ static void free_cache(ha_cache *c)
             b->api->mem_free(b->ctx, c->codes[l]);
     }
     free(c->codes);
+    ha_cache_state_free(c);
     free(c);
 }
 
-HA_API ha_status ha_cache_create(ha_runtime *rt, const ha_weights *w, const ha_cache_config *cfg, ha_cache **out)
+HA_API ha_status ha_cache_create(ha_runtime *rt_handle, const ha_weights *w_handle, const ha_cache_config *cfg,
+                                 ha_cache **out)
 {
     const char *fn = "ha_cache_create";
     ha_clear_error();
-    if (!rt || !w || !cfg || !out)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !rt ? "rt" : !w ? "w" : !cfg ? "cfg" : "out");
-    *out = NULL;
+    if (out)
+        *out = NULL; /* fully written on failure too */
+    ha_runtime *rt;
+    ha_weights *w;
+    ha_status st = ha_handle_lookup(fn, HA_KIND_RUNTIME, rt_handle, (void **)&rt);
+    if (st == HA_OK)
+        st = ha_handle_lookup(fn, HA_KIND_WEIGHTS, w_handle, (void **)&w);
+    if (st != HA_OK)
+        return st;
+    if (!cfg || !out)
+        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !cfg ? "cfg" : "out");
     if (w->rt != rt)
-        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the weights were loaded by another runtime", fn);
+        return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the weights w were loaded by another runtime than rt", fn);
     if (cfg->struct_size < sizeof(ha_cache_config) || cfg->struct_size > 4096)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: cfg->struct_size = %u (expected %zu)", fn, cfg->struct_size,
                        sizeof(ha_cache_config));
@@ -216,7 +255,7 @@ HA_API ha_status ha_cache_create(ha_runtime *rt, const ha_weights *w, const ha_c
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s", fn,
                        paged ? "cfg->num_pages must be ≥ 1 for a paged cache"
                              : "cfg->max_batch and cfg->max_tokens must be ≥ 1 for a contiguous cache");
-    ha_cache *c = calloc(1, sizeof *c);
+    ha_cache *c = ha_calloc(1, sizeof *c);
     if (!c)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     c->rt = rt;
@@ -227,42 +266,50 @@ HA_API ha_status ha_cache_create(ha_runtime *rt, const ha_weights *w, const ha_c
     int64_t tokens = paged ? cfg->page_size : cfg->max_tokens;
     int64_t seqs = paged ? cfg->num_pages : cfg->max_batch;
     int64_t per_layer = 0;
-    ha_status st = HA_OK;
     if (!ha_mul_i64(tokens, c->words, &c->stride_head) || !ha_mul_i64(c->stride_head, c->heads, &c->stride_seq) ||
         !ha_mul_i64(c->stride_seq, seqs, &per_layer) || !ha_mul_i64(per_layer, 4, &per_layer))
         st = ha_fail(HA_ERR_OVERFLOW, "%s: the cache size overflows (%lld × %d heads × %lld tokens × %d words)", fn,
                      (long long)seqs, c->heads, (long long)tokens, c->words);
-    c->codes = st == HA_OK ? calloc((size_t)w->host.num_layers, sizeof(uint32_t *)) : NULL;
+    c->codes = st == HA_OK ? ha_calloc((size_t)w->host.num_layers, sizeof(uint32_t *)) : NULL;
     if (st == HA_OK && !c->codes)
         st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     for (int32_t l = 0; st == HA_OK && l < w->host.num_layers; l++) {
         if (w->host.dense[l])
             continue;
-        c->codes[l] = rt->backend.api->mem_alloc(rt->backend.ctx, (size_t)per_layer);
-        if (!c->codes[l])
-            st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: cannot allocate %lld bytes for layer %d", fn, (long long)per_layer, l);
-        else
+        st = ha_backend_alloc(&rt->backend, fn, "key codes", (size_t)per_layer, (void **)&c->codes[l]);
+        if (st == HA_OK)
             c->bytes += (size_t)per_layer;
     }
+    if (st == HA_OK)
+        st = ha_cache_state_init(c, fn);
+    void *handle = st == HA_OK ? ha_handle_publish(HA_KIND_CACHE, c, &rt->users, &w->users) : NULL;
+    if (st == HA_OK && !handle)
+        st = ha_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory (handle registry)", fn);
     if (st != HA_OK) {
         free_cache(c);
         return st;
     }
-    ha_object_created(rt);
-    *out = c;
+    *out = handle;
     return HA_OK;
 }
 
-HA_API void ha_cache_destroy(ha_cache *cache)
+HA_API void ha_cache_destroy(ha_cache *handle)
 {
-    if (!cache)
+    ha_clear_error();
+    ha_cache *cache;
+    if (!handle || ha_handle_take("ha_cache_destroy", HA_KIND_CACHE, handle, (void **)&cache) != HA_OK)
         return;
     ha_runtime *rt = cache->rt;
+    ha_weights *w = cache->w;
     free_cache(cache);
-    ha_object_destroyed(rt);
+    drop_parents(rt, w);
 }
 
-HA_API size_t ha_cache_bytes(const ha_cache *cache)
+HA_API size_t ha_cache_bytes(const ha_cache *handle)
 {
-    return cache ? cache->bytes : 0;
+    ha_clear_error();
+    ha_cache *cache;
+    if (ha_handle_lookup("ha_cache_bytes", HA_KIND_CACHE, handle, (void **)&cache) != HA_OK)
+        return 0;
+    return cache->bytes;
 }

@@ -101,15 +101,18 @@ static ha_status load_file(const char *path, const ha_plugin_api **api, void **h
 typedef struct dir_list {
     char *dirs[MAX_DIRS];
     int n;
+    int out_of_memory; /* a directory could not be recorded: the search would be incomplete */
 } dir_list;
 
 static void add_dir(dir_list *l, const char *dir, size_t len)
 {
     if (len == 0 || l->n == MAX_DIRS)
         return;
-    char *copy = strndup(dir, len);
-    if (!copy)
+    char *copy = ha_strndup(dir, len);
+    if (!copy) {
+        l->out_of_memory = 1;
         return;
+    }
     for (int i = 0; i < l->n; i++) {
         if (!strcmp(l->dirs[i], copy)) {
             free(copy);
@@ -160,8 +163,10 @@ static int is_plugin_file(const char *name)
 
 static ha_status init_backend(ha_backend *b, int32_t device)
 {
-    ha_plugin_host host = {sizeof(ha_plugin_host), NULL, device};
+    ha_plugin_host host = {sizeof(ha_plugin_host), NULL, device, NULL, NULL};
     host.log = ha_log_plain;
+    host.host_alloc = ha_aligned_alloc;
+    host.host_free = ha_free;
     void *ctx = NULL;
     ha_status st = b->api->init(&host, &ctx);
     if (st != HA_OK) {
@@ -198,6 +203,10 @@ static ha_status open_explicit(const char *choice, ha_backend *b)
     }
     dir_list dirs = {0};
     search_dirs(&dirs);
+    if (dirs.out_of_memory) {
+        free_dirs(&dirs);
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory while listing the plugin directories");
+    }
     ha_status st = HA_ERR_BACKEND_NOT_FOUND;
     int found = 0;
     for (int i = 0; i < dirs.n && !found; i++) {
@@ -234,12 +243,17 @@ typedef struct candidate {
 
 #define MAX_CANDIDATES 64
 
-/** Adds every loadable plugin of the search directories whose probe score is positive. */
+/** Adds every loadable plugin of the search directories whose probe score is positive; -1 when out of
+ *  memory. */
 static int collect_candidates(candidate *c, int max)
 {
     int n = 0;
     dir_list dirs = {0};
     search_dirs(&dirs);
+    if (dirs.out_of_memory) {
+        free_dirs(&dirs);
+        return -1;
+    }
     for (int i = 0; i < dirs.n && n < max; i++) {
         DIR *d = opendir(dirs.dirs[i]);
         if (!d)
@@ -282,28 +296,40 @@ static int by_score_descending(const void *a, const void *b)
  */
 static ha_status open_best(ha_backend *b, int32_t device)
 {
-    candidate *c = calloc(MAX_CANDIDATES, sizeof *c);
+    candidate *c = ha_calloc(MAX_CANDIDATES, sizeof *c);
     if (!c)
         return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory");
     int n = collect_candidates(c, MAX_CANDIDATES);
+    if (n < 0) {
+        free(c);
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: out of memory while listing the plugin directories");
+    }
     qsort(c, (size_t)n, sizeof *c, by_score_descending);
-    int chosen = -1;
+    int chosen = -1, out_of_memory = 0;
+    char why[512] = "";
     for (int i = 0; i < n; i++) {
-        if (chosen < 0) {
+        if (chosen < 0 && !out_of_memory) {
             b->api = c[i].api;
             b->dl_handle = c[i].handle;
             snprintf(b->path, sizeof b->path, "%s", c[i].path);
-            if (init_backend(b, device) == HA_OK) {
+            ha_status st = init_backend(b, device);
+            if (st == HA_OK) {
                 chosen = i;
                 continue;
             }
-            ha_log(HA_LOG_WARN, "skipping %s: %s", c[i].path, ha_last_error());
+            /* out of memory is no reason to settle silently for a slower backend */
+            out_of_memory = st == HA_ERR_OUT_OF_MEMORY;
+            snprintf(why, sizeof why, "%s", ha_last_error());
+            if (!out_of_memory)
+                ha_log(HA_LOG_WARN, "skipping %s: %s", c[i].path, why);
             b->api = NULL;
             b->dl_handle = NULL;
         }
         dlclose(c[i].handle);
     }
     free(c);
+    if (out_of_memory)
+        return ha_fail(HA_ERR_OUT_OF_MEMORY, "ha_runtime_open: %s", why);
     ha_clear_error();
     if (chosen >= 0)
         return HA_OK;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "ha_shared.h"
+#include "host_alloc.h"
 #include "reference.h"
 
 /* Which tokens one (b, h) attends to: token(i) = indices ? indices[i] : i, for i < count. */
@@ -82,8 +83,8 @@ ha_status ha_ref_attend(const ha_attend_args *args)
     if (args->q_heads < 1 || args->kv_heads < 1 || args->q_heads % args->kv_heads != 0 || args->head_dim < 1 ||
         (args->indices && (args->sel_heads < 1 || args->q_heads % args->sel_heads != 0)))
         return HA_ERR_SHAPE;
-    double *q = malloc((size_t)args->head_dim * sizeof(double));
-    double *acc = malloc((size_t)args->head_dim * sizeof(double));
+    double *q = ha_malloc((size_t)args->head_dim * sizeof(double));
+    double *acc = ha_malloc((size_t)args->head_dim * sizeof(double));
     if (!q || !acc) {
         free(q);
         free(acc);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ha_shared.h"
+#include "host_alloc.h"
 #include "reference.h"
 
 /* Widths up to this run on stack scratch; wider MLPs allocate. */
@@ -62,7 +63,7 @@ void ha_ref_mlp_forward(const ha_mlp_desc *desc, int32_t head, const float *x, d
     double stack[2 * STACK_WIDTH];
     double *scratch = stack;
     if (widest > STACK_WIDTH) {
-        scratch = malloc(2 * (size_t)widest * sizeof(double));
+        scratch = ha_malloc(2 * (size_t)widest * sizeof(double));
         if (!scratch) {
             for (int32_t i = 0; i < desc->dims[desc->depth]; i++)
                 y[i] = NAN;
@@ -97,9 +98,9 @@ ha_status ha_ref_encode(const ha_encode_args *args)
 
     int32_t widest = widest_layer(desc);
     size_t in_elem = ha_elem_size(args->in.dtype);
-    float *x = malloc((size_t)desc->dims[0] * sizeof(float));
-    double *y = malloc((size_t)bits * sizeof(double));
-    double *scratch = malloc(2 * (size_t)widest * sizeof(double));
+    float *x = ha_malloc((size_t)desc->dims[0] * sizeof(float));
+    double *y = ha_malloc((size_t)bits * sizeof(double));
+    double *scratch = ha_malloc(2 * (size_t)widest * sizeof(double));
     if (!x || !y || !scratch) {
         free(x);
         free(y);

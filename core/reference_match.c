@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "ha_shared.h"
+#include "host_alloc.h"
 #include "reference.h"
 
 /* Bits of word w that belong to a `bits`-bit code (padding bits never count). */
@@ -107,7 +108,7 @@ ha_status ha_ref_match(const ha_match_args *args)
         return HA_ERR_SHAPE;
     int64_t group = args->q_heads / args->sel_heads;
     int64_t max_score = group * args->bits;
-    int64_t *histogram = malloc((size_t)(max_score + 1) * sizeof(int64_t));
+    int64_t *histogram = ha_malloc((size_t)(max_score + 1) * sizeof(int64_t));
     if (!histogram)
         return HA_ERR_OUT_OF_MEMORY;
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "reference.h"
+#include "host_alloc.h"
 
 typedef struct reference_ctx {
     char last_error[160];
@@ -32,7 +33,7 @@ static int reference_probe(void)
 static ha_status reference_init(const ha_plugin_host *host, void **ctx)
 {
     (void)host;
-    reference_ctx *c = calloc(1, sizeof *c);
+    reference_ctx *c = ha_calloc(1, sizeof *c);
     if (!c)
         return HA_ERR_OUT_OF_MEMORY;
     *ctx = c;
@@ -59,12 +60,7 @@ static const char *reference_last_error(void *ctx)
  * request of 0 bytes returns a unique non-NULL block of 64 bytes. NULL only when out of memory. */
 static void *reference_mem_alloc(void *ctx, size_t bytes)
 {
-    if (bytes > SIZE_MAX - 63) {
-        set_error(ctx, "mem_alloc", HA_ERR_OUT_OF_MEMORY);
-        return NULL;
-    }
-    size_t rounded = bytes == 0 ? 64 : (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded);
+    void *p = ha_aligned_alloc(64, bytes);
     if (!p)
         set_error(ctx, "mem_alloc", HA_ERR_OUT_OF_MEMORY);
     return p;
@@ -96,7 +92,7 @@ static ha_status reference_synchronize(void *ctx, void *stream)
  * outlive the handle. */
 static ha_status reference_mlp_upload(void *ctx, const ha_mlp_desc *desc, void **handle)
 {
-    ha_mlp_desc *copy = malloc(sizeof *copy);
+    ha_mlp_desc *copy = ha_malloc(sizeof *copy);
     if (!copy) {
         set_error(ctx, "mlp_upload", HA_ERR_OUT_OF_MEMORY);
         return HA_ERR_OUT_OF_MEMORY;

@@ -10,6 +10,7 @@
  * The host must be little-endian (as every platform this runtime targets): tensor bytes are used as is.
  */
 #include "safetensors.h"
+#include "host_alloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -111,8 +112,8 @@ static ha_status parse_metadata(json_t *meta, ha_st_file *out, char *err, size_t
     size_t n = json_object_size(meta);
     if (n == 0)
         return HA_OK;
-    out->meta_keys = calloc(n, sizeof(char *));
-    out->meta_values = calloc(n, sizeof(char *));
+    out->meta_keys = ha_calloc(n, sizeof(char *));
+    out->meta_values = ha_calloc(n, sizeof(char *));
     if (!out->meta_keys || !out->meta_values)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors header: out of memory");
     const char *key;
@@ -121,8 +122,8 @@ static ha_status parse_metadata(json_t *meta, ha_st_file *out, char *err, size_t
         if (!json_is_string(value))
             return fail(err, err_size, HA_ERR_FORMAT, "safetensors header: %s value of \"%s\" is not a string",
                         ST_META_KEY, key);
-        char *k = strdup(key);
-        char *v = strdup(json_string_value(value));
+        char *k = ha_strdup(key);
+        char *v = ha_strdup(json_string_value(value));
         out->meta_keys[out->n_meta] = k;
         out->meta_values[out->n_meta] = v;
         out->n_meta++; /* counted before the check so ha_st_close frees what was made */
@@ -229,7 +230,7 @@ static ha_status check_coverage(const ha_st_file *f, char *err, size_t err_size)
             return fail(err, err_size, HA_ERR_FORMAT, "safetensors: %zu data bytes but no tensors", f->data_size);
         return HA_OK;
     }
-    const ha_st_tensor **order = malloc(f->n_tensors * sizeof(*order));
+    const ha_st_tensor **order = ha_malloc(f->n_tensors * sizeof(*order));
     if (!order)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
     for (size_t i = 0; i < f->n_tensors; i++)
@@ -267,7 +268,7 @@ static ha_status parse_header(json_t *root, ha_st_file *out, char *err, size_t e
             return st;
         n--;
     }
-    if (n > 0 && !(out->tensors = calloc(n, sizeof(ha_st_tensor))))
+    if (n > 0 && !(out->tensors = ha_calloc(n, sizeof(ha_st_tensor))))
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors header: out of memory");
     const char *key;
     json_t *value;
@@ -280,7 +281,7 @@ static ha_status parse_header(json_t *root, ha_st_file *out, char *err, size_t e
         ha_status st = parse_tensor(key, value, out->data_size, t, err, err_size);
         if (st != HA_OK)
             return st;
-        if (!(t->name = strdup(key)))
+        if (!(t->name = ha_strdup(key)))
             return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors header: out of memory");
         out->n_tensors++;
     }
@@ -317,6 +318,10 @@ ha_status ha_st_parse(const void *buf, size_t len, ha_st_file *out, char *err, s
 
     json_error_t jerr;
     json_t *root = json_loadb((const char *)bytes + 8, (size_t)header_len, JSON_REJECT_DUPLICATES, &jerr);
+    /* jansson reports a failed allocation as an error code, or (when its lexer cannot even start) as an
+     * error without text: neither means the file is malformed */
+    if (!root && (json_error_code(&jerr) == json_error_out_of_memory || !jerr.text[0]))
+        return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors header: out of memory while parsing the JSON");
     if (!root)
         return fail(err, err_size, HA_ERR_FORMAT, "safetensors header: invalid JSON at byte %d: %s", jerr.position,
                     jerr.text);
@@ -557,7 +562,7 @@ ha_status ha_st_write(const char *path, const ha_st_out_tensor *tensors, size_t 
 {
     if (!path || (n_tensors > 0 && !tensors) || (n_meta > 0 && (!meta_keys || !meta_values)))
         return fail(err, err_size, HA_ERR_INVALID_ARGUMENT, "safetensors write: NULL argument");
-    size_t *sizes = calloc(n_tensors ? n_tensors : 1, sizeof(size_t));
+    size_t *sizes = ha_calloc(n_tensors ? n_tensors : 1, sizeof(size_t));
     if (!sizes)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "safetensors write: out of memory");
     char *json = NULL;
@@ -568,7 +573,7 @@ ha_status ha_st_write(const char *path, const ha_st_out_tensor *tensors, size_t 
     }
     /* Pad with spaces so the data section starts 8-byte aligned. */
     size_t json_len = strlen(json), header_len = (json_len + 7) / 8 * 8;
-    char *header = malloc(8 + header_len);
+    char *header = ha_malloc(8 + header_len);
     if (!header) {
         free(json);
         free(sizes);

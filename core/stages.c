@@ -127,7 +127,7 @@ static void match_args(const ha_plan *plan, const ha_cache *cache, int32_t layer
     memset(a, 0, sizeof *a);
     a->batch = batch;
     a->q_heads = d->q_heads;
-    a->sel_heads = ha_plan_selection_heads(plan);
+    a->sel_heads = ha_plan_sel_heads(plan);
     a->words = d->words;
     a->bits = d->bits;
     a->q_codes = q_codes;
@@ -160,7 +160,7 @@ static void attend_args(const ha_plan *plan, const ha_tensor3 *q, const ha_kv *k
     a->indices = indices;
     a->index_stride = d->max_kept;
     a->counts = counts;
-    a->sel_heads = indices ? ha_plan_selection_heads(plan) : d->q_heads;
+    a->sel_heads = indices ? ha_plan_sel_heads(plan) : d->q_heads;
     a->scale = d->scale;
     a->out = out->data;
     a->out_dtype = out->dtype;
@@ -168,6 +168,20 @@ static void attend_args(const ha_plan *plan, const ha_tensor3 *q, const ha_kv *k
     a->out_stride_head = out->stride_head;
     a->lse = lse;
     a->stream = stream;
+}
+
+/* ---- handles ------------------------------------------------------------------------------- */
+
+/** The plan behind plan_h and, when cache_h is not NULL, the cache behind it (else *cache = NULL). */
+static ha_status objects_of(const char *fn, const ha_plan *plan_h, const ha_cache *cache_h, ha_plan **plan,
+                            ha_cache **cache)
+{
+    if (cache)
+        *cache = NULL;
+    ha_status st = ha_handle_lookup(fn, HA_KIND_PLAN, plan_h, (void **)plan);
+    if (st == HA_OK && cache_h)
+        st = ha_handle_lookup(fn, HA_KIND_CACHE, cache_h, (void **)cache);
+    return st;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -179,12 +193,16 @@ static ha_status call(const ha_plan *plan, const char *fn, ha_status st)
 
 #define BACKEND(plan) ((plan)->rt->backend)
 
-HA_API ha_status ha_cache_encode_keys(ha_plan *plan, ha_cache *cache, int32_t layer, const ha_kv *kv, int32_t batch,
-                                      const int32_t *seq_end, int32_t count, void *stream)
+HA_API ha_status ha_cache_encode_keys(ha_plan *plan_h, ha_cache *cache_h, int32_t layer, const ha_kv *kv,
+                                      int32_t batch, const int32_t *seq_end, int32_t count, void *stream)
 {
     const char *fn = "ha_cache_encode_keys";
     ha_clear_error();
-    ha_status st = ha_check_plan_batch(fn, plan, batch);
+    ha_plan *plan;
+    ha_cache *cache;
+    ha_status st = objects_of(fn, plan_h, cache_h, &plan, &cache);
+    if (st == HA_OK)
+        st = ha_check_plan_batch(fn, plan, batch);
     if (st == HA_OK)
         st = ha_check_layer(fn, plan->w, layer);
     if (st != HA_OK)
@@ -205,15 +223,21 @@ HA_API ha_status ha_cache_encode_keys(ha_plan *plan, ha_cache *cache, int32_t la
         return st;
     ha_encode_args a;
     key_encode_args(plan, cache, layer, kv, batch, seq_end, count, stream, &a);
-    return call(plan, fn, BACKEND(plan).api->encode(BACKEND(plan).ctx, plan->plugin_plan, &a));
+    st = call(plan, fn, BACKEND(plan).api->encode(BACKEND(plan).ctx, plan->plugin_plan, &a));
+    if (st == HA_OK)
+        ha_cache_note_encoded(cache, layer, kv, batch, seq_end, count);
+    return st;
 }
 
-HA_API ha_status ha_encode_queries(ha_plan *plan, int32_t layer, const ha_tensor3 *q, int32_t batch, uint32_t *codes,
-                                   void *stream)
+HA_API ha_status ha_encode_queries(ha_plan *plan_h, int32_t layer, const ha_tensor3 *q, int32_t batch,
+                                   uint32_t *codes, void *stream)
 {
     const char *fn = "ha_encode_queries";
     ha_clear_error();
-    ha_status st = ha_check_plan_batch(fn, plan, batch);
+    ha_plan *plan;
+    ha_status st = objects_of(fn, plan_h, NULL, &plan, NULL);
+    if (st == HA_OK)
+        st = ha_check_plan_batch(fn, plan, batch);
     if (st == HA_OK)
         st = ha_check_layer(fn, plan->w, layer);
     if (st == HA_OK && plan->w->host.dense[layer])
@@ -229,12 +253,17 @@ HA_API ha_status ha_encode_queries(ha_plan *plan, int32_t layer, const ha_tensor
     return call(plan, fn, BACKEND(plan).api->encode(BACKEND(plan).ctx, plan->plugin_plan, &a));
 }
 
-HA_API ha_status ha_match(ha_plan *plan, const ha_cache *cache, int32_t layer, const uint32_t *q_codes, const ha_kv *kv,
-                          int32_t batch, const int32_t *seq_lens, int32_t *indices, int32_t *counts, void *stream)
+HA_API ha_status ha_match(ha_plan *plan_h, const ha_cache *cache_h, int32_t layer, const uint32_t *q_codes,
+                          const ha_kv *kv, int32_t batch, const int32_t *seq_lens, int32_t *indices, int32_t *counts,
+                          void *stream)
 {
     const char *fn = "ha_match";
     ha_clear_error();
-    ha_status st = ha_check_plan_batch(fn, plan, batch);
+    ha_plan *plan;
+    ha_cache *cache;
+    ha_status st = objects_of(fn, plan_h, cache_h, &plan, &cache);
+    if (st == HA_OK)
+        st = ha_check_plan_batch(fn, plan, batch);
     if (st == HA_OK)
         st = ha_check_layer(fn, plan->w, layer);
     if (st == HA_OK)
@@ -247,6 +276,8 @@ HA_API ha_status ha_match(ha_plan *plan, const ha_cache *cache, int32_t layer, c
         st = check_kv_needs(plan, fn, kv, batch, seq_lens, 0);
     if (st == HA_OK)
         st = ha_check_cache_vs_kv(fn, cache, kv, batch, seq_lens);
+    if (st == HA_OK)
+        st = ha_cache_check_encoded(fn, cache, layer, kv, batch, seq_lens, 0);
     if (st != HA_OK)
         return st;
     ha_match_args a;
@@ -262,7 +293,7 @@ static ha_status check_selection(const ha_plan *plan, const char *fn, int32_t ba
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, indices ? "counts" : "indices");
     if (!plan->rt->backend.api->host_memory)
         return HA_OK;
-    int32_t sel = ha_plan_selection_heads(plan);
+    int32_t sel = ha_plan_sel_heads(plan);
     for (int32_t b = 0; b < batch; b++) {
         for (int32_t s = 0; s < sel; s++) {
             int64_t row = (int64_t)b * sel + s, c = counts[row];
@@ -296,12 +327,16 @@ static ha_status check_attend(const ha_plan *plan, const char *fn, const ha_tens
     return st;
 }
 
-HA_API ha_status ha_attend(ha_plan *plan, const ha_tensor3 *q, const ha_kv *kv, int32_t batch, const int32_t *seq_lens,
-                           const int32_t *indices, const int32_t *counts, ha_tensor3 *out, float *lse, void *stream)
+HA_API ha_status ha_attend(ha_plan *plan_h, const ha_tensor3 *q, const ha_kv *kv, int32_t batch,
+                           const int32_t *seq_lens, const int32_t *indices, const int32_t *counts, ha_tensor3 *out,
+                           float *lse, void *stream)
 {
     const char *fn = "ha_attend";
     ha_clear_error();
-    ha_status st = check_attend(plan, fn, q, kv, batch, seq_lens, out);
+    ha_plan *plan;
+    ha_status st = objects_of(fn, plan_h, NULL, &plan, NULL);
+    if (st == HA_OK)
+        st = check_attend(plan, fn, q, kv, batch, seq_lens, out);
     if (st == HA_OK)
         st = check_selection(plan, fn, batch, seq_lens, indices, counts);
     if (st != HA_OK)
@@ -311,12 +346,15 @@ HA_API ha_status ha_attend(ha_plan *plan, const ha_tensor3 *q, const ha_kv *kv, 
     return call(plan, fn, BACKEND(plan).api->attend(BACKEND(plan).ctx, plan->plugin_plan, &a));
 }
 
-HA_API ha_status ha_dense_attend(ha_plan *plan, const ha_tensor3 *q, const ha_kv *kv, int32_t batch,
+HA_API ha_status ha_dense_attend(ha_plan *plan_h, const ha_tensor3 *q, const ha_kv *kv, int32_t batch,
                                  const int32_t *seq_lens, ha_tensor3 *out, float *lse, void *stream)
 {
     const char *fn = "ha_dense_attend";
     ha_clear_error();
-    ha_status st = check_attend(plan, fn, q, kv, batch, seq_lens, out);
+    ha_plan *plan;
+    ha_status st = objects_of(fn, plan_h, NULL, &plan, NULL);
+    if (st == HA_OK)
+        st = check_attend(plan, fn, q, kv, batch, seq_lens, out);
     if (st != HA_OK)
         return st;
     ha_attend_args a;
@@ -324,13 +362,35 @@ HA_API ha_status ha_dense_attend(ha_plan *plan, const ha_tensor3 *q, const ha_kv
     return call(plan, fn, BACKEND(plan).api->attend(BACKEND(plan).ctx, plan->plugin_plan, &a));
 }
 
-HA_API ha_status ha_decode_step(ha_plan *plan, ha_cache *cache, int32_t layer, const ha_step *step)
+/** The fused step, or its four stages in turn where the backend has none. */
+static ha_status run_step(const ha_backend *be, void *plugin_plan, const ha_decode_args *d)
+{
+    if (be->api->decode)
+        return be->api->decode(be->ctx, plugin_plan, d);
+    ha_status st = HA_OK;
+    if (d->key_encode.count > 0)
+        st = be->api->encode(be->ctx, plugin_plan, &d->key_encode);
+    if (st == HA_OK)
+        st = be->api->encode(be->ctx, plugin_plan, &d->query_encode);
+    if (st == HA_OK)
+        st = be->api->match(be->ctx, plugin_plan, &d->match);
+    if (st == HA_OK)
+        st = be->api->attend(be->ctx, plugin_plan, &d->attend);
+    return st;
+}
+
+HA_API ha_status ha_decode_step(ha_plan *plan_h, ha_cache *cache_h, int32_t layer, const ha_step *step)
 {
     const char *fn = "ha_decode_step";
     ha_clear_error();
+    ha_plan *plan;
+    ha_cache *cache;
+    ha_status st = objects_of(fn, plan_h, cache_h, &plan, &cache);
+    if (st != HA_OK)
+        return st;
     if (!step)
         return ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: step is NULL", fn);
-    ha_status st = check_attend(plan, fn, &step->q, &step->kv, step->batch, step->seq_lens, &step->out);
+    st = check_attend(plan, fn, &step->q, &step->kv, step->batch, step->seq_lens, &step->out);
     if (st == HA_OK)
         st = ha_check_layer(fn, plan->w, layer);
     if (st != HA_OK)
@@ -349,6 +409,8 @@ HA_API ha_status ha_decode_step(ha_plan *plan, ha_cache *cache, int32_t layer, c
     st = check_cache(fn, plan, cache, layer);
     if (st == HA_OK)
         st = ha_check_cache_vs_kv(fn, cache, &step->kv, step->batch, step->seq_lens);
+    if (st == HA_OK)
+        st = ha_cache_check_encoded(fn, cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens);
     if (st != HA_OK)
         return st;
     key_encode_args(plan, cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens, step->stream,
@@ -359,15 +421,8 @@ HA_API ha_status ha_decode_step(ha_plan *plan, ha_cache *cache, int32_t layer, c
     d.attend.indices = plan->indices;
     d.attend.counts = plan->counts;
     d.attend.sel_heads = d.match.sel_heads;
-    if (be->api->decode)
-        return call(plan, fn, be->api->decode(be->ctx, plan->plugin_plan, &d));
-
-    void *ctx = be->ctx, *pp = plan->plugin_plan;
-    if (d.key_encode.count > 0 && (st = be->api->encode(ctx, pp, &d.key_encode)) != HA_OK)
-        return call(plan, fn, st);
-    if ((st = be->api->encode(ctx, pp, &d.query_encode)) != HA_OK)
-        return call(plan, fn, st);
-    if ((st = be->api->match(ctx, pp, &d.match)) != HA_OK)
-        return call(plan, fn, st);
-    return call(plan, fn, be->api->attend(ctx, pp, &d.attend));
+    st = run_step(be, plan->plugin_plan, &d);
+    if (st == HA_OK) /* after a failure the new keys' codes count as missing */
+        ha_cache_note_encoded(cache, layer, &step->kv, step->batch, step->seq_lens, step->new_tokens);
+    return call(plan, fn, st);
 }

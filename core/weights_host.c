@@ -7,6 +7,7 @@
  * w_{i-1}'s output width, the first input is head_dim, the last output is bits).
  */
 #include "weights_host.h"
+#include "host_alloc.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -234,7 +235,7 @@ static ha_status assign_storage(ha_weights_host *w, char *err, size_t err_size)
         return fail(err, err_size, HA_ERR_OVERFLOW, "weights: total size overflows");
     if (total == 0)
         return HA_OK; /* every layer dense */
-    if (!(w->storage = calloc(total, sizeof(float))))
+    if (!(w->storage = ha_calloc(total, sizeof(float))))
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights: cannot allocate %zu floats", total);
     float *next = w->storage;
     for (int32_t l = 0; l < w->num_layers; l++) {
@@ -255,9 +256,9 @@ static ha_status assign_storage(ha_weights_host *w, char *err, size_t err_size)
 
 static ha_status alloc_layer_arrays(ha_weights_host *w, char *err, size_t err_size)
 {
-    w->dense = calloc((size_t)w->num_layers, 1);
-    w->q = calloc((size_t)w->num_layers, sizeof(ha_mlp_desc));
-    w->k = calloc((size_t)w->num_layers, sizeof(ha_mlp_desc));
+    w->dense = ha_calloc((size_t)w->num_layers, 1);
+    w->q = ha_calloc((size_t)w->num_layers, sizeof(ha_mlp_desc));
+    w->k = ha_calloc((size_t)w->num_layers, sizeof(ha_mlp_desc));
     if (!w->dense || !w->q || !w->k)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights: out of memory");
     return HA_OK;
@@ -377,7 +378,7 @@ ha_status ha_weights_host_from_st(const ha_st_file *f, ha_weights_host *out, cha
         st = parse_dense_list(dense_list, out->num_layers, out->dense, err, err_size);
     const ha_st_tensor **slots = NULL;
     if (st == HA_OK) {
-        slots = calloc((size_t)out->num_layers * SIDES * KINDS * (size_t)out->depth, sizeof(*slots));
+        slots = ha_calloc((size_t)out->num_layers * SIDES * KINDS * (size_t)out->depth, sizeof(*slots));
         if (!slots)
             st = fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights: out of memory");
     }
@@ -522,9 +523,9 @@ static ha_status plan_tensors(const ha_weights_host *w, ha_st_dtype dtype, write
     memset(p, 0, sizeof(*p));
     if (n == 0)
         return HA_OK;
-    p->tensors = calloc(n, sizeof(*p->tensors));
-    p->names = calloc(n, sizeof(*p->names));
-    p->shapes = calloc(n, sizeof(*p->shapes));
+    p->tensors = ha_calloc(n, sizeof(*p->tensors));
+    p->names = ha_calloc(n, sizeof(*p->names));
+    p->shapes = ha_calloc(n, sizeof(*p->shapes));
     if (!p->tensors || !p->names || !p->shapes)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights write: out of memory");
     for (int32_t l = 0; l < w->num_layers; l++) {
@@ -550,7 +551,7 @@ static ha_status plan_tensors(const ha_weights_host *w, ha_st_dtype dtype, write
     }
     if (dtype == HA_ST_F32)
         return HA_OK;
-    uint16_t *half = total ? malloc(total * sizeof(uint16_t)) : NULL;
+    uint16_t *half = total ? ha_malloc(total * sizeof(uint16_t)) : NULL;
     if (total && !half)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights write: out of memory");
     p->converted = half;
@@ -580,7 +581,7 @@ ha_status ha_weights_host_write(const ha_weights_host *w, const char *path, ha_s
         return st;
 
     /* dense_layers: up to WH_MAX_LAYERS indices of at most 4 digits and a comma each. */
-    char *dense_list = calloc((size_t)w->num_layers * 6 + 1, 1);
+    char *dense_list = ha_calloc((size_t)w->num_layers * 6 + 1, 1);
     if (!dense_list)
         return fail(err, err_size, HA_ERR_OUT_OF_MEMORY, "weights write: out of memory");
     size_t used = 0;

@@ -25,6 +25,22 @@
  * Errors: every call returns an ha_status; on failure ha_last_error() says what was wrong (which
  * argument, which shape) and no output of the call was half-written by the runtime's validation.
  *
+ * Handles: ha_runtime *, ha_weights *, ha_plan * and ha_cache * are opaque handles, not addresses:
+ * each names a slot of the library's registry of live objects together with that slot's generation.
+ * Every call looks its handles up before using them, so passing a handle that was already destroyed
+ * (use after free, closing twice), a handle of another kind, or any value the library never returned
+ * is answered with a status (HA_ERR_STATE for a destroyed handle, else HA_ERR_INVALID_ARGUMENT) and
+ * a message naming the argument; nothing the caller passed is dereferenced. Calls returning void
+ * (close, free, destroy) or a value (getters) report such a handle through ha_last_error() and do
+ * nothing. A stale handle stays detectable until its slot has been reused 2^32 times. Pointers to
+ * backend memory are plain addresses; ha_mem_free accepts only blocks its runtime's ha_mem_alloc
+ * returned and has not freed yet (a second free is reported, not passed on), but cannot tell a block
+ * freed and then handed out again at the same address.
+ *
+ * Lifetimes: a plan or cache keeps the weights and runtime it was made from alive, and weights keep
+ * their runtime. ha_weights_free and ha_runtime_close invalidate the handle at once; the object
+ * itself goes when its last plan/cache (or weights) is destroyed, so no destruction order crashes.
+ *
  * Threads: see each object. In short, ha_weights is read-only after loading and may be shared by
  * any number of threads; an ha_runtime may be used from several threads for object creation and
  * destruction; an ha_plan or ha_cache belongs to one thread at a time.
@@ -171,7 +187,11 @@ typedef struct ha_runtime_options {
 
 /** Opens a runtime. options may be NULL (all defaults). On failure *out is NULL. */
 HA_API ha_status ha_runtime_open(const ha_runtime_options *options, ha_runtime **out);
-/** Closes the runtime; every object created from it must have been destroyed. NULL is a no-op. */
+/**
+ * Closes the runtime. Objects created from it should be destroyed first; any still alive keep the
+ * backend loaded until they are destroyed (a warning is logged). NULL is a no-op; a handle already
+ * closed is reported through ha_last_error() (HA_ERR_STATE) and otherwise ignored.
+ */
 HA_API void ha_runtime_close(ha_runtime *rt);
 /** Name of the backend in use ("cpu_avx512", "cuda", "reference", …). */
 HA_API const char *ha_runtime_backend_name(const ha_runtime *rt);
@@ -182,6 +202,8 @@ HA_API int ha_runtime_is_host_memory(const ha_runtime *rt);
 
 /** Allocates bytes of backend memory (64-byte aligned). ha_mem_free releases it. */
 HA_API ha_status ha_mem_alloc(ha_runtime *rt, size_t bytes, void **out);
+/** Frees a block ha_mem_alloc of rt returned. NULL is a no-op; any other pointer (freed already, of
+ *  another runtime, inside a block) is reported through ha_last_error() and not freed. */
 HA_API void ha_mem_free(ha_runtime *rt, void *ptr);
 typedef enum ha_copy_kind { HA_COPY_HOST_TO_BACKEND = 0, HA_COPY_BACKEND_TO_HOST = 1, HA_COPY_BACKEND_TO_BACKEND = 2 } ha_copy_kind;
 /** Copies bytes (synchronously with respect to the host). */
@@ -219,6 +241,8 @@ typedef struct ha_weights_info {
 HA_API ha_status ha_weights_load(ha_runtime *rt, const char *path, ha_weights **out);
 /** Same, from a buffer (copied; the caller may free it after the call). */
 HA_API ha_status ha_weights_load_memory(ha_runtime *rt, const void *data, size_t size, ha_weights **out);
+/** Frees the handle; plans and caches made from w keep what they need until they are destroyed.
+ *  NULL is a no-op; freeing twice is reported through ha_last_error() and otherwise ignored. */
 HA_API void ha_weights_free(ha_weights *w);
 HA_API ha_status ha_weights_get_info(const ha_weights *w, ha_weights_info *out);
 /** 1 when layer runs dense attention (no mapping functions, or listed in dense_layers), else 0; -1 if out of range. */
@@ -252,7 +276,7 @@ typedef struct ha_plan_config {
 HA_API void ha_plan_config_init(ha_plan_config *cfg, int32_t max_batch, int64_t max_tokens,
                                 int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim);
 
-/** Creates a plan for weights w (which must outlive it). w may be NULL for dense attention only. */
+/** Creates a plan for weights w (kept alive by the plan). w may be NULL for dense attention only. */
 HA_API ha_status ha_plan_create(ha_runtime *rt, const ha_weights *w, const ha_plan_config *cfg, ha_plan **out);
 HA_API void ha_plan_destroy(ha_plan *plan);
 /** Upper bound of kept tokens per sequence and selection head: the row length of ha_match's indices. */
@@ -314,6 +338,8 @@ HA_API ha_status ha_encode_queries(ha_plan *plan, int32_t layer, const ha_tensor
  * indices to indices[(b*S + s)*max_kept + i] and their number to counts[b*S + s], S =
  * ha_plan_selection_heads, max_kept = ha_plan_max_kept. q_codes as written by ha_encode_queries.
  * kv supplies the block table of a paged cache (its k, v may be NULL here).
+ * On host-memory backends the cache knows which tokens' codes it holds: selecting over a token whose
+ * key was never encoded (here or in ha_decode_step) fails with HA_ERR_STATE.
  */
 HA_API ha_status ha_match(ha_plan *plan, const ha_cache *cache, int32_t layer, const uint32_t *q_codes,
                           const ha_kv *kv, int32_t batch, const int32_t *seq_lens,

@@ -189,6 +189,13 @@ typedef struct ha_plugin_host {
     /** Sends a line to the host's log callback. */
     void (*log)(ha_log_level level, const char *message);
     int32_t device; /**< ha_runtime_options.device */
+    /* --- appended after version 1: read only when struct_size covers them (else use malloc/free) --- */
+    /** Host memory for the plugin's own use (contexts, repacked weights, scratch): aligned to alignment
+     *  (a power of two), bytes rounded up to a multiple of it; NULL when out of memory. Going through the
+     *  core lets its tests inject allocation failures into plugins too. */
+    void *(*host_alloc)(size_t alignment, size_t bytes);
+    /** Frees what host_alloc returned (NULL is a no-op). */
+    void (*host_free)(void *ptr);
 } ha_plugin_host;
 
 typedef struct ha_plugin_api {

@@ -27,6 +27,7 @@
 
 #include "hashattn.h"
 #include "safetensors.h"
+#include "test_expect.h"
 #include "test_util.h"
 #include "weights_host.h"
 
@@ -39,90 +40,10 @@
 #define MAX_TOKENS 64
 #define PAGE 8
 
-/* ---- checking failures ------------------------------------------------------------------------ */
-
-/** 1 if msg contains word delimited by characters that cannot be part of an identifier. */
-static int mentions(const char *msg, const char *word)
-{
-    size_t n = strlen(word);
-    for (const char *p = strstr(msg, word); p; p = strstr(p + 1, word)) {
-        int before = p == msg || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
-        int after = !(isalnum((unsigned char)p[n]) || p[n] == '_');
-        if (before && after)
-            return 1;
-    }
-    return 0;
-}
-
-static void expect_failure(ha_status got, unsigned accepted, const char *word, const char *call, int line)
-{
-    const char *msg = ha_last_error();
-    if (got >= 32 || !((accepted >> got) & 1u))
-        fail_msg("line %d: %s returned %s (%d); message: \"%s\"", line, call, ha_status_string(got), (int)got,
-                 msg ? msg : "(null)");
-    if (!msg || !*msg)
-        fail_msg("line %d: %s failed with %s but ha_last_error() is empty", line, call, ha_status_string(got));
-    if (word && !mentions(msg, word))
-        fail_msg("line %d: %s: the message \"%s\" does not name '%s'", line, call, msg, word);
-}
-
-#define BIT(s) (1u << (s))
-/** call must fail with status (one of a bit mask for EXPECT_FAIL_ANY) and a message naming word. */
-#define EXPECT_FAIL(call, status, word) expect_failure((call), BIT(status), (word), #call, __LINE__)
-#define EXPECT_FAIL_ANY(call, mask, word) expect_failure((call), (mask), (word), #call, __LINE__)
-#define EXPECT_OK(call)                                                                                       \
-    do {                                                                                                      \
-        ha_status st_ = (call);                                                                               \
-        if (st_ != HA_OK)                                                                                     \
-            fail_msg("line %d: %s -> %s: %s", __LINE__, #call, ha_status_string(st_), ha_last_error());       \
-    } while (0)
-
-/* ---- weights files ------------------------------------------------------------------------------ */
-
 /** A small valid weights file image (layer 1 dense); k_heads = HQ (paper) or HKV (group). */
 static unsigned char *make_weights_image(int32_t k_heads, size_t *size)
 {
-    tu_rng r;
-    tu_rng_seed(&r, 0xabcdefull + (uint64_t)k_heads);
-    uint8_t dense[LAYERS] = {0, 1};
-    ha_weights_host w;
-    assert_int_equal(ha_weights_host_alloc(&w, LAYERS, BITS, 2, 8, DIM, HQ, k_heads, dense), HA_OK);
-    for (int side = 0; side < 2; side++) {
-        const ha_mlp_desc *d = side ? &w.k[0] : &w.q[0];
-        for (int32_t i = 0; i < d->depth; i++) {
-            int64_t outs = (int64_t)d->heads * d->dims[i + 1];
-            for (int64_t j = 0; j < outs * d->dims[i]; j++)
-                ((float *)d->w[i])[j] = tu_rng_nonzero(&r, 0.5f);
-            for (int64_t j = 0; j < outs; j++)
-                ((float *)d->b[i])[j] = tu_rng_nonzero(&r, 0.1f);
-        }
-    }
-    char path[] = "/tmp/hashattn-api-errors-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
-    char err[256];
-    assert_int_equal(ha_weights_host_write(&w, path, HA_ST_F32, err, sizeof err), HA_OK);
-    ha_weights_host_free(&w);
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *size = (size_t)ftell(f);
-    rewind(f);
-    unsigned char *buf = malloc(*size);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, *size, f), *size);
-    fclose(f);
-    unlink(path);
-    return buf;
-}
-
-static void write_file(const char *path, const void *data, size_t size)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, size, f), size);
-    fclose(f);
+    return tx_weights_image(LAYERS, 2u, BITS, 2, 8, DIM, HQ, k_heads, 0xabcdefull + (uint64_t)k_heads, size);
 }
 
 /* ---- the fixture: a runtime, weights, a plan, caches and buffers in backend memory ---------------- */
@@ -135,12 +56,7 @@ typedef struct fixture {
     ha_weights *w, *w_group;
     ha_plan *plan, *plan_paged;
     ha_cache *cache, *cache_paged;
-    tu_kv kv, kv_paged;
-    tu_tensor3 q, out;
-    float *lse;
-    uint32_t *codes;
-    int32_t *indices, *counts;
-    int32_t *lens; /* backend memory, MAX_BATCH entries */
+    tx_buffers b;
     int64_t max_kept;
 } fixture;
 
@@ -149,44 +65,10 @@ static fixture fx;
 static void set_lens(int32_t a, int32_t b)
 {
     int32_t lens[MAX_BATCH] = {a, b};
-    tu_to_dev(fx.rt, fx.lens, lens, sizeof lens);
+    tu_to_dev(fx.rt, fx.b.lens, lens, sizeof lens);
 }
 
-static size_t index_bytes(void)
-{
-    return (size_t)MAX_BATCH * HQ * (size_t)fx.max_kept * sizeof(int32_t);
-}
-
-/** Poisons every output buffer of the stages. */
-static void poison_outputs(void)
-{
-    tu_dev_poison(fx.rt, fx.out.dev, fx.out.bytes);
-    tu_dev_poison(fx.rt, fx.lse, MAX_BATCH * HQ * sizeof(float));
-    tu_dev_poison(fx.rt, fx.codes, MAX_BATCH * HQ * sizeof(uint32_t));
-    tu_dev_poison(fx.rt, fx.indices, index_bytes());
-    tu_dev_poison(fx.rt, fx.counts, MAX_BATCH * HQ * sizeof(int32_t));
-}
-
-static void expect_dev_poisoned(const void *dev, size_t bytes, const char *what, int line)
-{
-    unsigned char *host = malloc(bytes);
-    assert_non_null(host);
-    tu_from_dev(fx.rt, host, dev, bytes);
-    int ok = tu_is_poisoned(host, bytes);
-    free(host);
-    if (!ok)
-        fail_msg("line %d: a failed call wrote into %s", line, what);
-}
-
-#define EXPECT_OUTPUTS_UNTOUCHED() expect_outputs_untouched(__LINE__)
-static void expect_outputs_untouched(int line)
-{
-    expect_dev_poisoned(fx.out.dev, fx.out.bytes, "out", line);
-    expect_dev_poisoned(fx.lse, MAX_BATCH * HQ * sizeof(float), "lse", line);
-    expect_dev_poisoned(fx.codes, MAX_BATCH * HQ * sizeof(uint32_t), "codes", line);
-    expect_dev_poisoned(fx.indices, index_bytes(), "indices", line);
-    expect_dev_poisoned(fx.counts, MAX_BATCH * HQ * sizeof(int32_t), "counts", line);
-}
+#define EXPECT_OUTPUTS_UNTOUCHED() tx_outputs_expect_untouched(&fx.b.o, __LINE__)
 
 static ha_plan *make_plan(const ha_weights *w)
 {
@@ -206,16 +88,6 @@ static ha_cache *make_cache(int32_t page_size, int64_t pages)
     ha_cache *c = NULL;
     EXPECT_OK(ha_cache_create(fx.rt, fx.w, &cc, &c));
     return c;
-}
-
-static void fill_kv(tu_kv *kv, tu_rng *r)
-{
-    for (int32_t b = 0; b < kv->batch; b++)
-        for (int32_t h = 0; h < kv->heads; h++)
-            for (int64_t t = 0; t < kv->tokens; t++)
-                for (int which = 0; which < 2; which++)
-                    tu_fill_row(r, tu_kv_row(kv, which, b, h, t), kv->dtype, kv->dim, 1.0f);
-    tu_kv_upload(kv, fx.rt);
 }
 
 static int setup(void **state)
@@ -240,39 +112,16 @@ static int setup(void **state)
     fx.max_kept = ha_plan_max_kept(fx.plan);
     tu_rng r;
     tu_rng_seed(&r, 7);
-    tu_kv_create(&fx.kv, fx.rt, &r, HA_F32, MAX_BATCH, HKV, DIM, MAX_TOKENS, 0, 1);
-    tu_kv_create(&fx.kv_paged, fx.rt, &r, HA_F32, MAX_BATCH, HKV, DIM, MAX_TOKENS, PAGE, 0);
-    fill_kv(&fx.kv, &r);
-    fill_kv(&fx.kv_paged, &r);
+    tx_buffers_create(&fx.b, fx.rt, &r, MAX_BATCH, HQ, HKV, DIM, MAX_TOKENS, PAGE, fx.max_kept, 0);
     fx.cache = make_cache(0, 0);
-    fx.cache_paged = make_cache(PAGE, fx.kv_paged.capacity);
-
-    tu_tensor3_create(&fx.q, fx.rt, &r, HA_F32, MAX_BATCH, HQ, DIM, 0);
-    tu_tensor3_create(&fx.out, fx.rt, &r, HA_F32, MAX_BATCH, HQ, DIM, 0);
-    for (int32_t b = 0; b < MAX_BATCH; b++)
-        for (int32_t h = 0; h < HQ; h++)
-            tu_fill_row(&r, tu_tensor3_row(&fx.q, b, h), HA_F32, DIM, 1.0f);
-    tu_tensor3_upload(&fx.q, fx.rt);
-    fx.lse = tu_dev_alloc(fx.rt, MAX_BATCH * HQ * sizeof(float));
-    fx.codes = tu_dev_alloc(fx.rt, MAX_BATCH * HQ * sizeof(uint32_t));
-    fx.indices = tu_dev_alloc(fx.rt, index_bytes());
-    fx.counts = tu_dev_alloc(fx.rt, MAX_BATCH * HQ * sizeof(int32_t));
-    fx.lens = tu_dev_alloc(fx.rt, MAX_BATCH * sizeof(int32_t));
+    fx.cache_paged = make_cache(PAGE, fx.b.kv_paged.capacity);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    tu_dev_free(fx.rt, fx.lse);
-    tu_dev_free(fx.rt, fx.codes);
-    tu_dev_free(fx.rt, fx.indices);
-    tu_dev_free(fx.rt, fx.counts);
-    tu_dev_free(fx.rt, fx.lens);
-    tu_tensor3_destroy(&fx.q, fx.rt);
-    tu_tensor3_destroy(&fx.out, fx.rt);
-    tu_kv_destroy(&fx.kv, fx.rt);
-    tu_kv_destroy(&fx.kv_paged, fx.rt);
+    tx_buffers_destroy(&fx.b);
     ha_cache_destroy(fx.cache);
     ha_cache_destroy(fx.cache_paged);
     ha_plan_destroy(fx.plan);
@@ -291,12 +140,12 @@ static ha_step good_step(void)
     ha_step s;
     memset(&s, 0, sizeof s);
     s.batch = MAX_BATCH;
-    s.seq_lens = fx.lens;
+    s.seq_lens = fx.b.lens;
     s.new_tokens = 1;
-    s.q = tu_tensor3_backend(&fx.q);
-    s.kv = tu_kv_backend(&fx.kv);
-    s.out = tu_tensor3_backend(&fx.out);
-    s.lse = fx.lse;
+    s.q = tu_tensor3_backend(&fx.b.q);
+    s.kv = tu_kv_backend(&fx.b.kv);
+    s.out = tu_tensor3_backend(&fx.b.o.out);
+    s.lse = fx.b.o.lse;
     return s;
 }
 
@@ -343,7 +192,7 @@ static void test_version_and_api_table(void **state)
     ha_runtime_options o = {sizeof o, "no_such_backend_via_table", 0};
     assert_int_equal(api->runtime_open(&o, &rt), HA_ERR_BACKEND_NOT_FOUND);
     assert_null(rt);
-    assert_true(mentions(api->last_error(), "no_such_backend_via_table"));
+    assert_true(tx_mentions(api->last_error(), "no_such_backend_via_table"));
 
     assert_null(ha_get_api(HA_API_VERSION + 1));
     assert_null(ha_get_api(UINT32_MAX));
@@ -406,7 +255,7 @@ static void *fail_in_thread(void *arg)
     ha_runtime *rt;
     ha_runtime_options o = {sizeof o, "backend_of_the_other_thread", 0};
     ha_runtime_open(&o, &rt);
-    return (void *)(intptr_t)mentions(ha_last_error(), "backend_of_the_other_thread");
+    return (void *)(intptr_t)tx_mentions(ha_last_error(), "backend_of_the_other_thread");
 }
 
 static void test_last_error_is_per_thread(void **state)
@@ -420,7 +269,7 @@ static void test_last_error_is_per_thread(void **state)
     assert_int_equal(pthread_create(&t, NULL, fail_in_thread, NULL), 0);
     assert_int_equal(pthread_join(t, &seen), 0);
     assert_true(seen != NULL); /* the other thread saw its own message */
-    assert_true(mentions(ha_last_error(), "backend_of_the_main_thread"));
+    assert_true(tx_mentions(ha_last_error(), "backend_of_the_main_thread"));
     /* a successful call clears it */
     ha_weights_info info;
     EXPECT_OK(ha_weights_get_info(fx.w, &info));
@@ -438,10 +287,10 @@ static void test_memory_bad_args(void **state)
     EXPECT_FAIL_ANY(ha_mem_alloc(fx.rt, SIZE_MAX, &p), BIT(HA_ERR_OVERFLOW) | BIT(HA_ERR_OUT_OF_MEMORY), NULL);
     assert_null(p);
     char host[8] = {0};
-    EXPECT_FAIL(ha_mem_copy(NULL, fx.lse, host, 4, HA_COPY_HOST_TO_BACKEND), HA_ERR_INVALID_ARGUMENT, "rt");
+    EXPECT_FAIL(ha_mem_copy(NULL, fx.b.o.lse, host, 4, HA_COPY_HOST_TO_BACKEND), HA_ERR_INVALID_ARGUMENT, "rt");
     EXPECT_FAIL(ha_mem_copy(fx.rt, NULL, host, 4, HA_COPY_HOST_TO_BACKEND), HA_ERR_INVALID_ARGUMENT, "dst");
-    EXPECT_FAIL(ha_mem_copy(fx.rt, fx.lse, NULL, 4, HA_COPY_HOST_TO_BACKEND), HA_ERR_INVALID_ARGUMENT, "src");
-    EXPECT_FAIL(ha_mem_copy(fx.rt, fx.lse, host, 4, (ha_copy_kind)7), HA_ERR_INVALID_ARGUMENT, "kind");
+    EXPECT_FAIL(ha_mem_copy(fx.rt, fx.b.o.lse, NULL, 4, HA_COPY_HOST_TO_BACKEND), HA_ERR_INVALID_ARGUMENT, "src");
+    EXPECT_FAIL(ha_mem_copy(fx.rt, fx.b.o.lse, host, 4, (ha_copy_kind)7), HA_ERR_INVALID_ARGUMENT, "kind");
     EXPECT_FAIL(ha_synchronize(NULL, NULL), HA_ERR_INVALID_ARGUMENT, "rt");
 }
 
@@ -493,7 +342,7 @@ static void test_weights_truncated(void **state)
     close(fd);
     size_t cuts[] = {0, 1, 7, 8, 9, 100, fx.image_size / 2, fx.image_size - 4, fx.image_size - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        write_file(path, fx.image, cuts[i]);
+        tx_write_file(path, fx.image, cuts[i]);
         ha_weights *w = (ha_weights *)1;
         ha_status st = ha_weights_load(fx.rt, path, &w);
         if (st != HA_ERR_FORMAT)
@@ -705,7 +554,7 @@ static void expect_plan_fails(const ha_weights *w, const ha_plan_config *cfg, un
     ha_status st = ha_plan_create(fx.rt, w, cfg, &p);
     char call[64];
     snprintf(call, sizeof call, "ha_plan_create (line %d)", line);
-    expect_failure(st, accepted, word, call, line);
+    tx_expect_failure(st, accepted, word, call, line);
     assert_null(p);
 }
 
@@ -788,7 +637,7 @@ static void expect_cache_fails(const ha_weights *w, const ha_cache_config *cfg, 
     ha_status st = ha_cache_create(fx.rt, w, cfg, &cache);
     char call[64];
     snprintf(call, sizeof call, "ha_cache_create (line %d)", line);
-    expect_failure(st, accepted, word, call, line);
+    tx_expect_failure(st, accepted, word, call, line);
     assert_null(cache);
 }
 
@@ -839,7 +688,7 @@ static void test_decode_step_bad_args(void **state)
     (void)state;
     const unsigned inval = BIT(HA_ERR_INVALID_ARGUMENT);
     ha_step s = good_step();
-    poison_outputs();
+    tx_outputs_poison(&fx.b.o);
     EXPECT_FAIL(ha_decode_step(NULL, fx.cache, 0, &s), HA_ERR_INVALID_ARGUMENT, "plan");
     EXPECT_FAIL(ha_decode_step(fx.plan, NULL, 0, &s), HA_ERR_INVALID_ARGUMENT, "cache");
     EXPECT_FAIL(ha_decode_step(fx.plan, fx.cache, 0, NULL), HA_ERR_INVALID_ARGUMENT, "step");
@@ -875,7 +724,7 @@ static void test_decode_step_bad_args(void **state)
 
     /* a paged KV with the contiguous cache, the contiguous KV with the paged cache */
     ha_step c = good_step();
-    c.kv = tu_kv_backend(&fx.kv_paged);
+    c.kv = tu_kv_backend(&fx.b.kv_paged);
     EXPECT_FAIL(ha_decode_step(fx.plan, fx.cache, 0, &c), HA_ERR_SHAPE, "page_size");
     c = good_step();
     EXPECT_FAIL(ha_decode_step(fx.plan_paged, fx.cache_paged, 0, &c), HA_ERR_SHAPE, "page_size");
@@ -901,16 +750,16 @@ static void test_lengths_checked(void **state)
     if (!fx.host_memory)
         skip(); /* the core cannot read device-memory lengths; GPU plugins clamp them */
     ha_step s = good_step();
-    poison_outputs();
+    tx_outputs_poison(&fx.b.o);
     const int32_t bad[][MAX_BATCH] = {{MAX_TOKENS + 1, 3}, {5, -1}, {INT32_MAX, 1}, {INT32_MIN, 0}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         set_lens(bad[i][0], bad[i][1]);
         EXPECT_FAIL(ha_decode_step(fx.plan, fx.cache, 0, &s), HA_ERR_INVALID_ARGUMENT, "seq_lens");
-        EXPECT_FAIL(ha_dense_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.lens, &s.out, fx.lse, NULL),
+        EXPECT_FAIL(ha_dense_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.b.lens, &s.out, fx.b.o.lse, NULL),
                     HA_ERR_INVALID_ARGUMENT, "seq_lens");
-        EXPECT_FAIL(ha_match(fx.plan, fx.cache, 0, fx.codes, &s.kv, MAX_BATCH, fx.lens, fx.indices, fx.counts, NULL),
+        EXPECT_FAIL(ha_match(fx.plan, fx.cache, 0, fx.b.o.codes, &s.kv, MAX_BATCH, fx.b.lens, fx.b.o.indices, fx.b.o.counts, NULL),
                     HA_ERR_INVALID_ARGUMENT, "seq_lens");
-        EXPECT_FAIL(ha_cache_encode_keys(fx.plan, fx.cache, 0, &s.kv, MAX_BATCH, fx.lens, 4, NULL),
+        EXPECT_FAIL(ha_cache_encode_keys(fx.plan, fx.cache, 0, &s.kv, MAX_BATCH, fx.b.lens, 4, NULL),
                     HA_ERR_INVALID_ARGUMENT, "seq_end");
     }
     /* within the plan's limit but beyond the KV's capacity */
@@ -924,12 +773,13 @@ static void test_paged_block_table_checked(void **state)
 {
     (void)state;
     ha_step s = good_step();
-    s.kv = tu_kv_backend(&fx.kv_paged);
+    s.kv = tu_kv_backend(&fx.b.kv_paged);
     set_lens(40, 13);
-    poison_outputs();
-    /* the good paged step works */
+    tx_outputs_poison(&fx.b.o);
+    /* the good paged step works (after the prompt's keys are in the cache) */
+    EXPECT_OK(ha_cache_encode_keys(fx.plan_paged, fx.cache_paged, 0, &s.kv, MAX_BATCH, fx.b.lens, 40, NULL));
     EXPECT_OK(ha_decode_step(fx.plan_paged, fx.cache_paged, 0, &s));
-    poison_outputs();
+    tx_outputs_poison(&fx.b.o);
 
     ha_step bad = s;
     bad.kv.block_table = NULL;
@@ -948,20 +798,20 @@ static void test_paged_block_table_checked(void **state)
 
     if (fx.host_memory) {
         /* entries out of range, in a page the sequence uses */
-        int64_t entries = (int64_t)MAX_BATCH * fx.kv_paged.block_table_stride;
+        int64_t entries = (int64_t)MAX_BATCH * fx.b.kv_paged.block_table_stride;
         size_t bytes = (size_t)entries * sizeof(int32_t);
         int32_t *table = malloc(bytes);
         assert_non_null(table);
-        const int32_t bad_ids[] = {-1, (int32_t)fx.kv_paged.capacity, INT32_MAX, INT32_MIN};
+        const int32_t bad_ids[] = {-1, (int32_t)fx.b.kv_paged.capacity, INT32_MAX, INT32_MIN};
         for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
-            memcpy(table, fx.kv_paged.block_table, bytes);
-            table[fx.kv_paged.block_table_stride + 1] = bad_ids[i]; /* sequence 1, page 1 (tokens 8..15) */
-            tu_to_dev(fx.rt, fx.kv_paged.block_table_dev, table, bytes);
+            memcpy(table, fx.b.kv_paged.block_table, bytes);
+            table[fx.b.kv_paged.block_table_stride + 1] = bad_ids[i]; /* sequence 1, page 1 (tokens 8..15) */
+            tu_to_dev(fx.rt, fx.b.kv_paged.block_table_dev, table, bytes);
             EXPECT_FAIL(ha_decode_step(fx.plan_paged, fx.cache_paged, 0, &s), HA_ERR_INVALID_ARGUMENT, "block_table");
-            EXPECT_FAIL(ha_dense_attend(fx.plan_paged, &s.q, &s.kv, MAX_BATCH, fx.lens, &s.out, fx.lse, NULL),
+            EXPECT_FAIL(ha_dense_attend(fx.plan_paged, &s.q, &s.kv, MAX_BATCH, fx.b.lens, &s.out, fx.b.o.lse, NULL),
                         HA_ERR_INVALID_ARGUMENT, "block_table");
         }
-        tu_to_dev(fx.rt, fx.kv_paged.block_table_dev, fx.kv_paged.block_table, bytes);
+        tu_to_dev(fx.rt, fx.b.kv_paged.block_table_dev, fx.b.kv_paged.block_table, bytes);
         free(table);
         /* a sequence needing more pages than a row holds */
         bad = s;
@@ -982,14 +832,14 @@ static void test_stage_bad_args(void **state)
     ha_tensor3 q = s.q, out = s.out, bad_q = s.q, overlapping = s.out;
     bad_q.dtype = (ha_dtype)7;
     overlapping.stride_head = 1;
-    const int32_t *lens = fx.lens;
-    int32_t *idx = fx.indices, *cnt = fx.counts;
-    uint32_t *codes = fx.codes;
-    float *lse = fx.lse;
+    const int32_t *lens = fx.b.lens;
+    int32_t *idx = fx.b.o.indices, *cnt = fx.b.o.counts;
+    uint32_t *codes = fx.b.o.codes;
+    float *lse = fx.b.o.lse;
     ha_plan *p = fx.plan;
     ha_cache *c = fx.cache;
     const int32_t B = MAX_BATCH;
-    poison_outputs();
+    tx_outputs_poison(&fx.b.o);
 
     EXPECT_FAIL(ha_cache_encode_keys(NULL, c, 0, &kv, B, lens, 4, NULL), inval, "plan");
     EXPECT_FAIL(ha_cache_encode_keys(p, NULL, 0, &kv, B, lens, 4, NULL), inval, "cache");
@@ -1037,36 +887,36 @@ static void test_attend_selection_checked(void **state)
     if (!fx.host_memory)
         skip();
     ha_step s = good_step(); /* lengths 40, 13 */
-    poison_outputs();
+    tx_outputs_poison(&fx.b.o);
     int64_t rows = (int64_t)MAX_BATCH * HQ;
-    int32_t *idx = malloc(index_bytes()), counts[MAX_BATCH * HQ];
+    int32_t *idx = malloc(fx.b.o.index_bytes), counts[MAX_BATCH * HQ];
     assert_non_null(idx);
     for (int64_t r = 0; r < rows; r++) {
         counts[r] = 3;
         for (int64_t i = 0; i < fx.max_kept; i++)
             idx[r * fx.max_kept + i] = (int32_t)i;
     }
-    int32_t *idx_dev = tu_dev_upload(fx.rt, idx, index_bytes());
+    int32_t *idx_dev = tu_dev_upload(fx.rt, idx, fx.b.o.index_bytes);
     int32_t *cnt_dev = tu_dev_upload(fx.rt, counts, sizeof counts);
 
     /* a count beyond the sequence's length, a negative count, an index beyond the length */
     counts[HQ] = 14; /* sequence 1 has 13 tokens */
     tu_to_dev(fx.rt, cnt_dev, counts, sizeof counts);
-    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.lens, idx_dev, cnt_dev, &s.out, fx.lse, NULL),
+    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.b.lens, idx_dev, cnt_dev, &s.out, fx.b.o.lse, NULL),
                 HA_ERR_INVALID_ARGUMENT, "counts");
     counts[HQ] = -1;
     tu_to_dev(fx.rt, cnt_dev, counts, sizeof counts);
-    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.lens, idx_dev, cnt_dev, &s.out, fx.lse, NULL),
+    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.b.lens, idx_dev, cnt_dev, &s.out, fx.b.o.lse, NULL),
                 HA_ERR_INVALID_ARGUMENT, "counts");
     counts[HQ] = 3;
     tu_to_dev(fx.rt, cnt_dev, counts, sizeof counts);
     idx[HQ * fx.max_kept + 2] = 13;
-    tu_to_dev(fx.rt, idx_dev, idx, index_bytes());
-    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.lens, idx_dev, cnt_dev, &s.out, fx.lse, NULL),
+    tu_to_dev(fx.rt, idx_dev, idx, fx.b.o.index_bytes);
+    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.b.lens, idx_dev, cnt_dev, &s.out, fx.b.o.lse, NULL),
                 HA_ERR_INVALID_ARGUMENT, "index");
     idx[HQ * fx.max_kept + 2] = -7;
-    tu_to_dev(fx.rt, idx_dev, idx, index_bytes());
-    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.lens, idx_dev, cnt_dev, &s.out, fx.lse, NULL),
+    tu_to_dev(fx.rt, idx_dev, idx, fx.b.o.index_bytes);
+    EXPECT_FAIL(ha_attend(fx.plan, &s.q, &s.kv, MAX_BATCH, fx.b.lens, idx_dev, cnt_dev, &s.out, fx.b.o.lse, NULL),
                 HA_ERR_INVALID_ARGUMENT, "index");
     EXPECT_OUTPUTS_UNTOUCHED();
     free(idx);
@@ -1079,13 +929,13 @@ static void test_good_calls_still_work(void **state)
     (void)state;
     /* after all the failures above, the same objects run a correct step */
     ha_step s = good_step();
-    poison_outputs();
-    EXPECT_OK(ha_cache_encode_keys(fx.plan, fx.cache, 0, &s.kv, MAX_BATCH, fx.lens, 40, NULL));
+    tx_outputs_poison(&fx.b.o);
+    EXPECT_OK(ha_cache_encode_keys(fx.plan, fx.cache, 0, &s.kv, MAX_BATCH, fx.b.lens, 40, NULL));
     EXPECT_OK(ha_decode_step(fx.plan, fx.cache, 0, &s));
     EXPECT_OK(ha_decode_step(fx.plan, fx.cache, 1, &s)); /* the dense layer */
     float out[MAX_BATCH * HQ * DIM];
-    tu_tensor3_download(&fx.out, fx.rt);
-    tu_tensor3_to_f32(&fx.out, out);
+    tu_tensor3_download(&fx.b.o.out, fx.rt);
+    tu_tensor3_to_f32(&fx.b.o.out, out);
     for (size_t i = 0; i < sizeof out / sizeof out[0]; i++)
         assert_true(isfinite(out[i]));
 }
@@ -1115,5 +965,7 @@ int main(void)
         cmocka_unit_test(test_attend_selection_checked),
         cmocka_unit_test(test_good_calls_still_work),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    tx_print_tally("test_api_errors");
+    return failed;
 }

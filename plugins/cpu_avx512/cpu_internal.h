@@ -168,7 +168,15 @@ typedef struct cpu_ctx {
     void (*log)(ha_log_level level, const char *message);
     char description[96];
     int32_t widest_mlp; /**< widest padded layer of any MLP uploaded so far (atomic) */
+    void *(*host_alloc)(size_t alignment, size_t bytes); /**< the core's, or posix_memalign */
+    void (*host_free)(void *ptr);
 } cpu_ctx;
+
+/** 64-byte aligned host memory through the core's allocator (see ha_plugin_host); NULL when out of memory. */
+CPU_HIDDEN void *cpu_alloc(const cpu_ctx *ctx, size_t bytes);
+/** cpu_alloc, zeroed. */
+CPU_HIDDEN void *cpu_alloc_zeroed(const cpu_ctx *ctx, size_t bytes);
+CPU_HIDDEN void cpu_free(const cpu_ctx *ctx, void *ptr);
 
 typedef struct cpu_mlp_layer {
     int32_t in_dim;
@@ -234,9 +242,9 @@ CPU_HIDDEN ha_status cpu_fail(ha_status status, const char *fmt, ...) __attribut
 CPU_HIDDEN const char *cpu_last_error(void);
 
 CPU_HIDDEN ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out);
-CPU_HIDDEN void cpu_mlp_free(cpu_mlp *mlp);
+CPU_HIDDEN void cpu_mlp_free(const cpu_ctx *ctx, cpu_mlp *mlp);
 CPU_HIDDEN ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out);
-CPU_HIDDEN void cpu_plan_destroy(cpu_plan *plan);
+CPU_HIDDEN void cpu_plan_destroy(const cpu_ctx *ctx, cpu_plan *plan);
 
 CPU_HIDDEN ha_status cpu_encode(const cpu_ctx *ctx, const cpu_plan *plan, const ha_encode_args *a);
 CPU_HIDDEN ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_args *a);

@@ -55,7 +55,7 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     if (!desc || desc->heads < 1 || desc->depth < 1 || desc->depth > HA_PLUGIN_MAX_MLP_DEPTH)
         return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 mlp_upload: bad MLP description (heads %d, depth %d)",
                         desc ? desc->heads : 0, desc ? desc->depth : 0);
-    cpu_mlp *mlp = calloc(1, sizeof *mlp);
+    cpu_mlp *mlp = cpu_alloc_zeroed(ctx, sizeof *mlp);
     if (!mlp)
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mlp_upload: out of memory");
     mlp->heads = desc->heads;
@@ -66,7 +66,7 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     int32_t widest = 0;
     for (int32_t i = 0; i <= desc->depth; i++) {
         if (desc->dims[i] < 1 || desc->dims[i] > (1 << 24) || (i < desc->depth && (!desc->w[i] || !desc->b[i]))) {
-            free(mlp);
+            cpu_free(ctx, mlp);
             return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 mlp_upload: layer %d: bad width %d or NULL weights",
                             i, desc->dims[i]);
         }
@@ -81,14 +81,15 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
             __builtin_mul_overflow((size_t)desc->heads * sizeof(float), out_pad, &biases) ||
             __builtin_add_overflow(total, (size_t)cpu_round_up((int64_t)weights, 64), &total) ||
             __builtin_add_overflow(total, biases, &total) || total > (size_t)INT64_MAX / 2) {
-            free(mlp);
+            cpu_free(ctx, mlp);
             return cpu_fail(HA_ERR_OVERFLOW, "cpu_avx512 mlp_upload: the repacked weights overflow the address space");
         }
         total = (size_t)cpu_round_up((int64_t)total, 64);
     }
     mlp->widest_pad = widest;
-    if (posix_memalign(&mlp->storage, 64, total) != 0) {
-        free(mlp);
+    mlp->storage = cpu_alloc(ctx, total);
+    if (!mlp->storage) {
+        cpu_free(ctx, mlp);
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mlp_upload: cannot allocate %zu bytes", total);
     }
 
@@ -120,10 +121,10 @@ ha_status cpu_mlp_upload(cpu_ctx *ctx, const ha_mlp_desc *desc, cpu_mlp **out)
     return HA_OK;
 }
 
-void cpu_mlp_free(cpu_mlp *mlp)
+void cpu_mlp_free(const cpu_ctx *ctx, cpu_mlp *mlp)
 {
     if (!mlp)
         return;
-    free(mlp->storage);
-    free(mlp);
+    cpu_free(ctx, mlp->storage);
+    cpu_free(ctx, mlp);
 }

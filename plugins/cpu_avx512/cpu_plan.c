@@ -33,7 +33,7 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
         return cpu_fail(HA_ERR_INVALID_ARGUMENT, "cpu_avx512 plan_create: inconsistent plan (q_heads %d, kv_heads %d, "
                         "head_dim %d, code_heads %d, bits %d)", desc->q_heads, desc->kv_heads, desc->head_dim,
                         desc->code_heads, desc->bits);
-    cpu_plan *p = calloc(1, sizeof *p);
+    cpu_plan *p = cpu_alloc_zeroed(ctx, sizeof *p);
     if (!p)
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 plan_create: out of memory");
     p->desc = *desc;
@@ -49,7 +49,7 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
         p->enc_offset = take(&slice, 2 * (size_t)p->enc_block * (size_t)p->enc_width * sizeof(float));
         int64_t max_score = (int64_t)desc->bits * (desc->q_heads / desc->code_heads);
         if (max_score > MAX_SCORE_LIMIT) {
-            free(p);
+            cpu_free(ctx, p);
             return cpu_fail(HA_ERR_UNSUPPORTED, "cpu_avx512 plan_create: similarities up to %lld (bits × group) "
                             "exceed the %d this backend supports", (long long)max_score, MAX_SCORE_LIMIT);
         }
@@ -78,9 +78,9 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
     size_t split_bytes = (size_t)p->match_slots * (((size_t)p->max_score + 1) * sizeof(uint32_t) + 2 * sizeof(int64_t) +
                                                    sizeof(uint32_t));
     size_t bytes = p->thread_stride * (size_t)p->threads + dp * sizeof(float) + partial_bytes + split_bytes;
-    void *mem = NULL;
-    if (posix_memalign(&mem, 64, bytes) != 0) {
-        free(p);
+    void *mem = cpu_alloc(ctx, bytes);
+    if (!mem) {
+        cpu_free(ctx, p);
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 plan_create: cannot allocate %zu bytes of scratch", bytes);
     }
     memset(mem, 0, bytes);
@@ -92,10 +92,10 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
     return HA_OK;
 }
 
-void cpu_plan_destroy(cpu_plan *plan)
+void cpu_plan_destroy(const cpu_ctx *ctx, cpu_plan *plan)
 {
     if (!plan)
         return;
-    free(plan->scratch);
-    free(plan);
+    cpu_free(ctx, plan->scratch);
+    cpu_free(ctx, plan);
 }

@@ -85,11 +85,45 @@ static int cpu_probe(void)
     return cpu_has_avx512() ? 50 : 20;
 }
 
+/* ---- host memory of the plugin's own (the core's allocator when it offers one) ------------------ */
+
+static void *posix_aligned_alloc(size_t alignment, size_t bytes)
+{
+    void *p = NULL;
+    return posix_memalign(&p, alignment, bytes ? bytes : alignment) == 0 ? p : NULL;
+}
+
+void *cpu_alloc(const cpu_ctx *ctx, size_t bytes)
+{
+    return ctx->host_alloc(64, bytes);
+}
+
+void *cpu_alloc_zeroed(const cpu_ctx *ctx, size_t bytes)
+{
+    void *p = cpu_alloc(ctx, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
+void cpu_free(const cpu_ctx *ctx, void *ptr)
+{
+    ctx->host_free(ptr);
+}
+
 static ha_status cpu_init(const ha_plugin_host *host, void **out)
 {
-    cpu_ctx *ctx = calloc(1, sizeof *ctx);
+    cpu_ctx services = {.host_alloc = posix_aligned_alloc, .host_free = free};
+    if (host && host->struct_size >= offsetof(ha_plugin_host, host_free) + sizeof host->host_free &&
+        host->host_alloc && host->host_free) {
+        services.host_alloc = host->host_alloc;
+        services.host_free = host->host_free;
+    }
+    cpu_ctx *ctx = cpu_alloc_zeroed(&services, sizeof *ctx);
     if (!ctx)
         return cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 init: out of memory");
+    ctx->host_alloc = services.host_alloc;
+    ctx->host_free = services.host_free;
     if (host && host->struct_size >= offsetof(ha_plugin_host, log) + sizeof host->log)
         ctx->log = host->log;
     ctx->threads = omp_get_max_threads();
@@ -109,7 +143,7 @@ static ha_status cpu_init(const ha_plugin_host *host, void **out)
 
 static void cpu_shutdown(void *ctx)
 {
-    free(ctx);
+    cpu_free(ctx, ctx);
 }
 
 static const char *cpu_describe(void *ctx)
@@ -130,19 +164,18 @@ static const char *cpu_last_error_entry(void *ctx)
 
 static void *cpu_mem_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
-    if (bytes > SIZE_MAX - 63) {
+    if (bytes > SIZE_MAX - HUGE_PAGE_BYTES) {
         cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mem_alloc: %zu bytes is too large", bytes);
         return NULL;
     }
-    void *p = NULL;
     size_t rounded = bytes == 0 ? 64 : (bytes + 63) & ~(size_t)63;
     /* Large buffers (K/V, key codes) on transparent huge pages: sparse attention reads rows scattered
      * over the whole cache, and with 4 KiB pages nearly every row would also miss the TLB. */
     size_t align = rounded >= HUGE_PAGE_BYTES ? HUGE_PAGE_BYTES : 64;
     if (align == HUGE_PAGE_BYTES)
         rounded = (rounded + HUGE_PAGE_BYTES - 1) & ~(size_t)(HUGE_PAGE_BYTES - 1);
-    if (posix_memalign(&p, align, rounded) != 0) {
+    void *p = ((const cpu_ctx *)ctx)->host_alloc(align, rounded);
+    if (!p) {
         cpu_fail(HA_ERR_OUT_OF_MEMORY, "cpu_avx512 mem_alloc: cannot allocate %zu bytes", bytes);
         return NULL;
     }
@@ -155,8 +188,7 @@ static void *cpu_mem_alloc(void *ctx, size_t bytes)
 
 static void cpu_mem_free(void *ctx, void *ptr)
 {
-    (void)ctx;
-    free(ptr);
+    cpu_free(ctx, ptr);
 }
 
 static ha_status cpu_mem_copy(void *ctx, void *dst, const void *src, size_t bytes, ha_copy_kind kind)
@@ -187,8 +219,7 @@ static ha_status cpu_mlp_upload_entry(void *ctx, const ha_mlp_desc *desc, void *
 
 static void cpu_mlp_free_entry(void *ctx, void *handle)
 {
-    (void)ctx;
-    cpu_mlp_free(handle);
+    cpu_mlp_free(ctx, handle);
 }
 
 static ha_status cpu_plan_create_entry(void *ctx, const ha_plan_desc *desc, void **plan)
@@ -201,8 +232,7 @@ static ha_status cpu_plan_create_entry(void *ctx, const ha_plan_desc *desc, void
 
 static void cpu_plan_destroy_entry(void *ctx, void *plan)
 {
-    (void)ctx;
-    cpu_plan_destroy(plan);
+    cpu_plan_destroy(ctx, plan);
 }
 
 /* ---- stages ------------------------------------------------------------------------------------ */
