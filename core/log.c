@@ -117,11 +117,14 @@ void ha_log_plain(ha_log_level level, const char *message)
 
 ha_status ha_fail(ha_status status, const char *fmt, ...)
 {
+    char message[HA_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    ha_log(HA_LOG_WARN, "%s (%s)", last_error, ha_status_string(status));
+    ha_log(HA_LOG_WARN, "%s (%s)", message, ha_status_string(status));
+    /* after the callback: a callback that calls into the library must not replace this message */
+    memcpy(last_error, message, sizeof last_error);
     return status;
 }
 
