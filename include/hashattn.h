@@ -192,8 +192,8 @@ typedef struct ha_kv {
  * a name like "cpu_avx512" or a path to a .so), else $HASHATTN_BACKEND (same forms), else every
  * plugin found in $HASHATTN_PLUGIN_PATH (':'-separated; ignored in set-uid processes), the
  * directory of libhashattn itself and its hashattn/ subdirectory, and the install directory
- * ($libdir/hashattn), the one with the highest probe score winning. The core's own scalar
- * "reference" backend is always available with the lowest score.
+ * ($libdir/hashattn), the one with the highest probe score winning (on a tie, the first found in
+ * this order). The core's own scalar "reference" backend is always available with the lowest score.
  *
  * Threads: shared. Every call taking a runtime may run concurrently with others on it (object
  * creation and destruction, weights loading, memory, queries); several runtimes may be opened and
