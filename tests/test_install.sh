@@ -5,9 +5,10 @@
 #   3. tests/install/install_host.c, copied out of the tree, is compiled with
 #      `pkg-config --cflags --libs hashattn` against that install (PKG_CONFIG_PATH into it,
 #      PKG_CONFIG_SYSROOT_DIR = DESTDIR) and nothing else;
-#   4. it runs with no HASHATTN_* and no LD_LIBRARY_PATH in its environment: it must load the
-#      installed libhashattn and find, by probing, a plugin of the install (it prints both paths),
-#      then pass its decode-step checks.
+#   4. it runs with no HASHATTN_* in its environment and no LD_LIBRARY_PATH entry inside the build
+#      tree (entries elsewhere stay: where dependencies are unpacked by hand, shared/DEVICE.md): it
+#      must load the installed libhashattn and find, by probing, a plugin of the install (it prints
+#      both paths), then pass its decode-step checks.
 # INSTALL_TEST_CC (default cc) compiles the host, with INSTALL_TEST_CFLAGS (say, the build's
 # -fsanitize flags).
 set -euo pipefail
@@ -43,7 +44,8 @@ cd "$tmp"
   --dense-layers 0 --seed 7 >/dev/null
 
 # A clean environment: nothing points at the build tree.
-env -u LD_LIBRARY_PATH -u HASHATTN_PLUGIN_PATH -u HASHATTN_BACKEND -u HASHATTN_LOG -u LD_PRELOAD \
+ld_path=$(tr ':' '\n' <<<"${LD_LIBRARY_PATH:-}" | grep -v -e "^$build" -e '^$' | paste -sd: - || true)
+env -u HASHATTN_PLUGIN_PATH -u HASHATTN_BACKEND -u HASHATTN_LOG -u LD_PRELOAD LD_LIBRARY_PATH="$ld_path" \
   ./install_host weights.safetensors | tee run.log
 library=$(sed -n 's/^library: //p' run.log)
 plugin=$(sed -n 's/^plugin: //p' run.log)
