@@ -17,7 +17,7 @@
 #include "internal.h"
 
 #define HA_ERROR_MAX 1024
-/* Sentinel levels: nothing is delivered. */
+/* A level below every ha_log_level: nothing is delivered (HASHATTN_LOG=none). */
 #define LEVEL_NONE (-2)
 
 static _Thread_local char last_error[HA_ERROR_MAX];

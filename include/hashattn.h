@@ -45,8 +45,8 @@
  *                each. Different plans run concurrently, also on one runtime and one weights object.
  *                The const queries (ha_plan_max_kept, ...) may run concurrently with anything but
  *                ha_plan_destroy.
- *   ha_cache     one thread at a time: a stage that writes it (ha_cache_encode_keys, ha_decode_step)
- *                must not overlap any other call that uses it. Give each thread its own cache.
+ *   ha_cache     one thread at a time: no two calls that use it (ha_cache_encode_keys, ha_match,
+ *                ha_decode_step) may overlap. Give each thread its own cache.
  *   ha_last_error  per thread: the message of this thread's latest call; other threads' calls
  *                never change it.
  *   log callback  ha_set_log_callback may be called at any time from any thread (not from inside the
