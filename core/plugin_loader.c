@@ -238,6 +238,7 @@ typedef struct candidate {
     const ha_plugin_api *api;
     void *handle;
     int score;
+    int order; /**< position in the search: breaks ties (qsort is not stable) */
     char path[PATH_MAX];
 } candidate;
 
@@ -271,6 +272,7 @@ static int collect_candidates(candidate *c, int max)
                 continue;
             }
             cur->score = cur->api->probe();
+            cur->order = n;
             ha_log(HA_LOG_DEBUG, "plugin %s (%s): probe score %d", cur->api->name, cur->path, cur->score);
             if (cur->score > 0)
                 n++;
@@ -286,7 +288,9 @@ static int collect_candidates(candidate *c, int max)
 static int by_score_descending(const void *a, const void *b)
 {
     const candidate *x = a, *y = b;
-    return (y->score > x->score) - (y->score < x->score);
+    if (x->score != y->score)
+        return (y->score > x->score) - (y->score < x->score);
+    return (x->order > y->order) - (x->order < y->order); /* equal scores: the first found */
 }
 
 /**

@@ -10,19 +10,17 @@
 #include "reference.h"
 #include "host_alloc.h"
 
-typedef struct reference_ctx {
-    char last_error[160];
-} reference_ctx;
+/* Thread-local: several threads may share one runtime (one context), and the core reads the
+ * message right after the failing call, on the same thread. */
+static _Thread_local char last_error_message[160];
 
 static void set_error(void *ctx, const char *stage, ha_status status)
 {
-    reference_ctx *c = ctx;
-    if (!c)
-        return;
+    (void)ctx;
     const char *why = status == HA_ERR_OUT_OF_MEMORY ? "could not allocate host scratch"
                       : status == HA_ERR_SHAPE       ? "inconsistent head counts or dimensions"
                                                      : "failed";
-    snprintf(c->last_error, sizeof c->last_error, "reference %s: %s", stage, why);
+    snprintf(last_error_message, sizeof last_error_message, "reference %s: %s", stage, why);
 }
 
 static int reference_probe(void)
@@ -30,19 +28,19 @@ static int reference_probe(void)
     return 1;
 }
 
+/* The reference keeps no state: every context is this one object. */
+static char reference_context;
+
 static ha_status reference_init(const ha_plugin_host *host, void **ctx)
 {
     (void)host;
-    reference_ctx *c = ha_calloc(1, sizeof *c);
-    if (!c)
-        return HA_ERR_OUT_OF_MEMORY;
-    *ctx = c;
+    *ctx = &reference_context;
     return HA_OK;
 }
 
 static void reference_shutdown(void *ctx)
 {
-    free(ctx);
+    (void)ctx;
 }
 
 static const char *reference_describe(void *ctx)
@@ -53,7 +51,8 @@ static const char *reference_describe(void *ctx)
 
 static const char *reference_last_error(void *ctx)
 {
-    return ctx ? ((reference_ctx *)ctx)->last_error : "";
+    (void)ctx;
+    return last_error_message;
 }
 
 /* 64-byte aligned; the size is rounded up to a multiple of 64 (aligned_alloc requires it), so a

@@ -41,9 +41,42 @@
  * their runtime. ha_weights_free and ha_runtime_close invalidate the handle at once; the object
  * itself goes when its last plan/cache (or weights) is destroyed, so no destruction order crashes.
  *
- * Threads: see each object. In short, ha_weights is read-only after loading and may be shared by
- * any number of threads; an ha_runtime may be used from several threads for object creation and
- * destruction; an ha_plan or ha_cache belongs to one thread at a time.
+ * Threads (each object's comment repeats its part; tests/test_threads.c checks it under
+ * ThreadSanitizer). "Concurrently" means overlapping in time on different threads; where a call is
+ * "one thread at a time", the host must order the calls (a mutex, a join, a queue hand-off: any
+ * happens-before edge), and on GPU backends also order the streams (ha_synchronize) before handing
+ * an object to another stream.
+ *
+ *   ha_runtime   shared: every call that takes a runtime (opening other objects from it, loading
+ *                weights, ha_mem_*, ha_synchronize, the name/description queries) may run
+ *                concurrently with any other call on it or its objects, except ha_runtime_close,
+ *                which must come after every other thread's last call that passes this runtime has
+ *                returned (objects made from it keep it alive: see Lifetimes). Several runtimes may
+ *                be opened and closed concurrently.
+ *   ha_weights   shared, read-only after ha_weights_load returns: any number of threads may use one
+ *                weights object at once (creating plans and caches, and the stages of those plans).
+ *                ha_weights_free comes after every other thread's last call that passes these weights
+ *                (plans and caches made with them keep them alive: see Lifetimes).
+ *   ha_plan      one thread at a time for the stage calls (ha_cache_encode_keys, ha_encode_queries,
+ *                ha_match, ha_attend, ha_dense_attend, ha_decode_step): its scratch is rewritten by
+ *                each. Different plans run concurrently, also on one runtime and one weights object.
+ *                The const queries (ha_plan_max_kept, ...) may run concurrently with anything but
+ *                ha_plan_destroy.
+ *   ha_cache     one thread at a time: no two calls that use it (ha_cache_encode_keys, ha_match,
+ *                ha_decode_step) may overlap. Give each thread its own cache.
+ *   ha_last_error  per thread: the message of this thread's latest call; other threads' calls
+ *                never change it.
+ *   log callback  ha_set_log_callback may be called at any time from any thread (not from inside the
+ *                callback). The callback may run on several threads at once; once
+ *                ha_set_log_callback returns, the previous callback is not running and is never
+ *                called again, so its user data may be freed.
+ *   plugins      loading is safe from any number of threads: each ha_runtime_open searches, loads
+ *                and probes on its own, and plugins stay mapped once loaded. A plugin's context is
+ *                shared by every thread using its runtime (hashattn_plugin.h says what a plugin
+ *                must allow).
+ *   environment  HASHATTN_BACKEND and HASHATTN_PLUGIN_PATH are read at each ha_runtime_open,
+ *                HASHATTN_LOG once per process: as everywhere in C, the host must not change the
+ *                environment (setenv, putenv) while another thread may be inside the library.
  */
 #ifndef HASHATTN_H
 #define HASHATTN_H
@@ -108,13 +141,17 @@ HA_API const char *ha_last_error(void);
 
 typedef enum ha_log_level { HA_LOG_ERROR = 0, HA_LOG_WARN = 1, HA_LOG_INFO = 2, HA_LOG_DEBUG = 3 } ha_log_level;
 
-/** Receives log lines (no trailing newline). Called from whichever thread logs. */
+/** Receives log lines (no trailing newline). Called from whichever thread logs, possibly several at once. */
 typedef void (*ha_log_fn)(void *user, ha_log_level level, const char *message);
 
 /**
  * Sets the process-wide log callback and the most verbose level delivered. NULL restores the
  * default, which writes WARN and ERROR lines to stderr (more with HASHATTN_LOG=info|debug).
- * Not thread-safe against concurrent logging: set it once at start-up.
+ * Thread-safe: callable from any thread at any time. It waits for callbacks running on other
+ * threads to return, so once it returns the previous callback is never called again and its user
+ * data may be freed. Called from inside the callback it changes nothing (ha_last_error says so).
+ * The callback may run on several threads at once, may call into the library, and must not wait for
+ * a thread that is inside ha_set_log_callback.
  */
 HA_API void ha_set_log_callback(ha_log_fn fn, void *user, ha_log_level max_level);
 
@@ -172,10 +209,13 @@ typedef struct ha_kv {
  * a name like "cpu_avx512" or a path to a .so), else $HASHATTN_BACKEND (same forms), else every
  * plugin found in $HASHATTN_PLUGIN_PATH (':'-separated; ignored in set-uid processes), the
  * directory of libhashattn itself and its hashattn/ subdirectory, and the install directory
- * ($libdir/hashattn), the one with the highest probe score winning. The core's own scalar
- * "reference" backend is always available with the lowest score.
+ * ($libdir/hashattn), the one with the highest probe score winning (on a tie, the first found in
+ * this order). The core's own scalar "reference" backend is always available with the lowest score.
  *
- * Thread safety: open/close from one thread; object creation calls may come from several threads.
+ * Threads: shared. Every call taking a runtime may run concurrently with others on it (object
+ * creation and destruction, weights loading, memory, queries); several runtimes may be opened and
+ * closed concurrently. ha_runtime_close comes after every other thread's calls on it have returned
+ * (objects made from it should be destroyed first; any still alive keep it alive).
  */
 typedef struct ha_runtime ha_runtime;
 
@@ -218,7 +258,9 @@ HA_API ha_status ha_synchronize(ha_runtime *rt, void *stream);
 /**
  * The learned mapping functions of a model (per layer: a query MLP per query head and a key MLP
  * per key-code head), loaded from safetensors (see docs/architecture.md for the format) and uploaded
- * to the backend once. Read-only after loading: share freely across threads and plans.
+ * to the backend once. Threads: read-only after loading; any number of threads may use one weights
+ * object at once (plans, caches and their stages). Free it after every other thread's calls that
+ * pass it have returned (plans and caches made with it keep it alive).
  */
 typedef struct ha_weights ha_weights;
 
@@ -254,7 +296,10 @@ HA_API int ha_weights_layer_is_dense(const ha_weights *w, int32_t layer);
 
 /**
  * A plan fixes the shape limits and the selection budget and allocates all scratch, so that the
- * per-step calls allocate nothing and never synchronize with the host. One thread at a time.
+ * per-step calls allocate nothing and never synchronize with the host. Threads: one thread at a
+ * time for the stage calls (they rewrite its scratch); each thread uses its own plan, and different
+ * plans run concurrently. On GPU backends the scratch stays in use until the stream's work finishes:
+ * synchronize before using the plan on another stream.
  */
 typedef struct ha_plan ha_plan;
 
@@ -293,7 +338,8 @@ HA_API int32_t ha_plan_selection_heads(const ha_plan *plan);
 /**
  * The codes of every cached key, for every sparse layer, in backend memory. Its layout follows the
  * host's KV cache: contiguous [B, heads, max_tokens, words] or paged with the same page size and
- * block table as the KV cache. One thread at a time.
+ * block table as the KV cache. Threads: one thread at a time (give each thread its own cache);
+ * different caches, also made from one weights object, are used concurrently.
  */
 typedef struct ha_cache ha_cache;
 

@@ -19,6 +19,16 @@
  *
  * Every call returns ha_status (HA_OK = 0). On failure a plugin should make last_error() describe it.
  * Members marked (optional) may be NULL; the comment says what the core does then.
+ *
+ * Threads: one context serves every thread of its runtime (see hashattn.h, "Threads"). A plugin must
+ * allow every member except init and shutdown to be called concurrently on one context: memory
+ * calls, mlp_upload/mlp_free, plan_create/plan_destroy, and the stages on different plans (which may
+ * share MLP handles: a handle is read-only after mlp_upload). The core never overlaps calls on one
+ * plan, never calls shutdown while another call on the context runs, and calls probe and init from
+ * any thread, possibly concurrently for different contexts. last_error must describe the calling
+ * thread's failure (keep the message thread-local: the core reads it right after the failing call,
+ * on the same thread, while other threads may be failing too). Shared mutable state in a context
+ * must be atomic or locked.
  */
 #ifndef HASHATTN_PLUGIN_H
 #define HASHATTN_PLUGIN_H

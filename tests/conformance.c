@@ -36,6 +36,7 @@
 #include "conformance_cases.h"
 #include "ha_shared.h"
 #include "reference.h"
+#include "reference_steps.h"
 #include "safetensors.h"
 #include "test_util.h"
 #include "weights_host.h"
@@ -74,11 +75,7 @@ static char g_context[640];
 
 /* ---- one case's state ----------------------------------------------------------------------------- */
 
-typedef struct selection {
-    int32_t sink, local;
-    double heavy_fraction;
-    int64_t heavy_count;
-} selection;
+typedef tu_selection selection;
 
 typedef struct conf_run {
     const conf_case *c;
@@ -121,22 +118,6 @@ static void fill_mlp(tu_rng *r, const ha_mlp_desc *d)
     }
 }
 
-static unsigned char *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long len = ftell(f);
-    assert_true(len > 0);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)len);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *size = (size_t)len;
-    return buf;
-}
-
 /** Random weights → safetensors file → (a) the runtime's ha_weights, (b) the reference's host copy. */
 static void make_weights(conf_run *run)
 {
@@ -166,7 +147,7 @@ static void make_weights(conf_run *run)
     ha_weights_host_free(&gen);
 
     size_t size;
-    unsigned char *bytes = read_file(path, &size);
+    unsigned char *bytes = tu_read_file(path, &size);
     ha_st_file parsed;
     st = ha_st_parse(bytes, size, &parsed, err, sizeof err);
     CHECK(st == HA_OK, "ha_st_parse: %s", err);
@@ -244,20 +225,6 @@ static void check_plan_queries(const conf_run *run, const ha_plan *plan, const s
 
 /* ---- inputs ----------------------------------------------------------------------------------- */
 
-/** 1 when every output of MLP head m on x is at least UNAMBIGUOUS_MARGIN·max|y| away from zero. */
-static int unambiguous(const ha_mlp_desc *desc, int32_t m, const float *x, double *y)
-{
-    ha_ref_mlp_forward(desc, m, x, y);
-    int32_t bits = desc->dims[desc->depth];
-    double max_abs = 0.0;
-    for (int32_t i = 0; i < bits; i++)
-        max_abs = fmax(max_abs, fabs(y[i]));
-    for (int32_t i = 0; i < bits; i++)
-        if (fabs(y[i]) < UNAMBIGUOUS_MARGIN * max_abs)
-            return 0;
-    return 1;
-}
-
 /**
  * Fills a row with random values until every listed MLP head (heads [first, first + count) of each
  * sparse layer's query or key side) codes it unambiguously.
@@ -275,7 +242,7 @@ static void fill_unambiguous_row(conf_run *run, void *row, ha_dtype dt, float sc
                 continue;
             const ha_mlp_desc *desc = key_side ? &run->ref_w.k[l] : &run->ref_w.q[l];
             for (int32_t m = first; m < first + count && ok; m++)
-                ok = unambiguous(desc, m, x, y);
+                ok = tu_code_unambiguous(desc, m, x, y, UNAMBIGUOUS_MARGIN);
         }
         if (ok)
             return;
@@ -335,100 +302,41 @@ static const int32_t *upload_lens(conf_run *run, const int32_t *lens)
 
 /* ---- reference stages ------------------------------------------------------------------------- */
 
-static ha_rows ref_kcode_rows(const conf_run *run)
+/** The reference's view of this run: its shapes and its key-code buffer. */
+static tu_ref reference_of(const conf_run *run)
 {
-    ha_rows r;
-    memset(&r, 0, sizeof r);
-    r.data = run->ref_kcodes;
-    r.heads = run->code_heads;
-    r.dim = run->words;
-    r.stride_token = run->words;
-    r.stride_head = run->kv.tokens * run->words;
-    r.stride_seq = run->code_heads * r.stride_head;
+    const conf_case *c = run->c;
+    tu_ref r = {run->batch, c->q_heads, c->kv_heads, c->head_dim, run->code_heads, run->sel_heads, run->words, c->bits,
+                run->kv.tokens, run->ref_kcodes};
     return r;
 }
 
 static void ref_key_codes(conf_run *run, int32_t layer)
 {
-    size_t n = (size_t)run->batch * run->code_heads * (size_t)run->kv.tokens * run->words;
-    tu_poison(run->ref_kcodes, n * sizeof(uint32_t));
-    ha_encode_args a;
-    memset(&a, 0, sizeof a);
-    a.desc = &run->ref_w.k[layer];
-    a.batch = run->batch;
-    a.count = run->max_len;
-    a.end = run->c->lens;
-    a.in = tu_kv_rows(&run->kv, 0);
-    ha_rows out = ref_kcode_rows(run);
-    a.out = out;
-    CHECK_OK(ha_ref_encode(&a));
+    tu_ref r = reference_of(run);
+    tu_ref_key_codes(&r, &run->ref_w.k[layer], tu_kv_rows(&run->kv, 0), run->c->lens, run->max_len);
 }
 
 static void ref_query_codes(const conf_run *run, int32_t layer, const tu_tensor3 *q, uint32_t *codes)
 {
-    ha_encode_args a;
-    memset(&a, 0, sizeof a);
-    a.desc = &run->ref_w.q[layer];
-    a.batch = run->batch;
-    a.count = 1;
-    a.in = tu_tensor3_rows(q);
-    a.out.data = codes;
-    a.out.heads = run->c->q_heads;
-    a.out.dim = run->words;
-    a.out.stride_seq = (int64_t)run->c->q_heads * run->words;
-    a.out.stride_head = a.out.stride_token = run->words;
-    CHECK_OK(ha_ref_encode(&a));
+    tu_ref r = reference_of(run);
+    tu_ref_query_codes(&r, &run->ref_w.q[layer], tu_tensor3_rows(q), codes);
 }
 
 static void ref_match(const conf_run *run, const selection *sel, int64_t max_kept, const uint32_t *q_codes,
                       const int32_t *lens, int32_t *indices, int32_t *counts)
 {
-    ha_match_args a;
-    memset(&a, 0, sizeof a);
-    a.batch = run->batch;
-    a.q_heads = run->c->q_heads;
-    a.sel_heads = run->sel_heads;
-    a.words = run->words;
-    a.bits = run->c->bits;
-    a.q_codes = q_codes;
-    a.k_codes = ref_kcode_rows(run);
-    a.seq_lens = lens;
-    a.sink = sel->sink < 0 ? 128 : sel->sink;
-    a.local = sel->local < 0 ? 128 : sel->local;
-    a.heavy_fraction = sel->heavy_fraction;
-    a.heavy_count = sel->heavy_count;
-    a.indices = indices;
-    a.index_stride = max_kept;
-    a.counts = counts;
-    CHECK_OK(ha_ref_match(&a));
+    tu_ref r = reference_of(run);
+    tu_ref_match(&r, sel, q_codes, lens, max_kept, indices, counts);
 }
 
 /** Reference attention into out [batch, Hq, d] (fp32) and lse; indices NULL = dense. */
 static void ref_attend(const conf_run *run, const int32_t *lens, const int32_t *indices, const int32_t *counts,
                        int64_t index_stride, float *out, float *lse)
 {
-    const conf_case *c = run->c;
-    ha_attend_args a;
-    memset(&a, 0, sizeof a);
-    a.batch = run->batch;
-    a.q_heads = c->q_heads;
-    a.kv_heads = c->kv_heads;
-    a.head_dim = c->head_dim;
-    a.q = tu_tensor3_rows(&run->q);
-    a.k = tu_kv_rows(&run->kv, 0);
-    a.v = tu_kv_rows(&run->kv, 1);
-    a.seq_lens = lens;
-    a.indices = indices;
-    a.index_stride = index_stride;
-    a.counts = counts;
-    a.sel_heads = indices ? run->sel_heads : c->q_heads;
-    a.scale = run->scale;
-    a.out = out;
-    a.out_dtype = HA_F32;
-    a.out_stride_seq = (int64_t)c->q_heads * c->head_dim;
-    a.out_stride_head = c->head_dim;
-    a.lse = lse;
-    CHECK_OK(ha_ref_attend(&a));
+    tu_ref r = reference_of(run);
+    tu_ref_attend(&r, tu_tensor3_rows(&run->q), tu_kv_rows(&run->kv, 0), tu_kv_rows(&run->kv, 1), run->scale, lens,
+                  indices, counts, index_stride, out, lse);
 }
 
 /* ---- comparisons -------------------------------------------------------------------------------- */

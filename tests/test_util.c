@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ha_shared.h"
+#include "reference.h"
 #include "test_util.h"
 
 /* ---- random numbers: splitmix64 --------------------------------------------------------------- */
@@ -107,6 +108,36 @@ double tu_rel_l2(const float *a, const float *ref, int64_t n)
     if (norm == 0.0)
         return diff == 0.0 ? 0.0 : INFINITY;
     return sqrt(diff / norm);
+}
+
+int tu_code_unambiguous(const ha_mlp_desc *desc, int32_t m, const float *x, double *y, double margin)
+{
+    ha_ref_mlp_forward(desc, m, x, y);
+    int32_t bits = desc->dims[desc->depth];
+    double max_abs = 0.0;
+    for (int32_t i = 0; i < bits; i++)
+        max_abs = fmax(max_abs, fabs(y[i]));
+    for (int32_t i = 0; i < bits; i++)
+        if (fabs(y[i]) < margin * max_abs)
+            return 0;
+    return 1;
+}
+
+unsigned char *tu_read_file(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long len = ftell(f);
+    assert_true(len > 0);
+    rewind(f);
+    unsigned char *buf = malloc((size_t)len);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    *size = (size_t)len;
+    return buf;
 }
 
 /* ---- backend memory --------------------------------------------------------------------------- */

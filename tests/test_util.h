@@ -48,6 +48,15 @@ int tu_is_poisoned(const void *buf, size_t bytes);
 /** ‖a − ref‖₂ / ‖ref‖₂ over n floats (inf if ref is all zeros and a is not; NaN-aware: NaN → inf). */
 double tu_rel_l2(const float *a, const float *ref, int64_t n);
 
+/**
+ * 1 when every output of head m of an MLP on x lies at least margin·max|y| away from zero, so any
+ * backend must give x the reference's code bit for bit; y is scratch of desc->dims[depth] doubles.
+ */
+int tu_code_unambiguous(const ha_mlp_desc *desc, int32_t m, const float *x, double *y, double margin);
+
+/** The whole file (malloc'd; at least one byte) and its size. */
+unsigned char *tu_read_file(const char *path, size_t *size);
+
 /* ---- backend memory --------------------------------------------------------------------------- */
 
 void *tu_dev_alloc(ha_runtime *rt, size_t bytes);

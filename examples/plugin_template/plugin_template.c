@@ -27,15 +27,19 @@
 
 typedef struct template_ctx {
     ha_plugin_host host; /* the core's services (log), copied at init */
-    char last_error[256];
 } template_ctx;
+
+/* Per thread, not per context: threads sharing a runtime share its context, and the core reads the
+ * message right after the failing call, on the same thread (hashattn_plugin.h, "Threads"). */
+static _Thread_local char last_error[256];
 
 /* Records a message for last_error() and returns status: the core appends it to its own message. */
 static ha_status fail(template_ctx *ctx, ha_status status, const char *fmt, ...)
 {
+    (void)ctx;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
     return status;
 }
@@ -75,7 +79,8 @@ static const char *template_describe(void *ctx)
 
 static const char *template_last_error(void *ctx)
 {
-    return ctx ? ((template_ctx *)ctx)->last_error : ""; /* NULL ctx: asked after a failed init */
+    (void)ctx; /* NULL ctx: asked after a failed init */
+    return last_error;
 }
 
 /* ---- memory (host memory here; a GPU plugin wraps cudaMalloc, cudaMemcpy, …) ----------------- */
