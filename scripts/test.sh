@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs every test: a gcc build, a clang build, and an ASan+UBSan build.
+# Builds and runs every test: a gcc build, a clang build, an ASan+UBSan build, and a short run of
+# every libFuzzer target (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -25,4 +26,7 @@ CC=clang run clang
 echo "== gcc, address + undefined sanitizers"
 CC=gcc ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   run asan -Db_sanitize=address,undefined -Db_lundef=false
+echo "== clang, libFuzzer targets (address + undefined sanitizers), 20 s each"
+rm -rf build-test-fuzz
+FUZZ_BUILD_DIR=build-test-fuzz scripts/fuzz.sh 20
 echo "all test builds passed"
