@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed inputs of the fuzz targets into corpus/ (run from tests/fuzz/).
+"""Writes the seed inputs of the fuzz targets into tests/fuzz/corpus/.
 
-The weights seeds come from tools/ha-make-weights (see README.md); the config seeds include the
-shipped model's config.json. Everything here is tiny on purpose: seeds only show the fuzzer the
-shape of valid input."""
+    tests/fuzz/make_seeds.py BUILD_DIR/tools/ha-make-weights
+
+The mapping-weights seeds come from ha-make-weights (small shapes, every dtype, paper and group
+mode, a dense layer); the config seeds include the shipped model's config.json. Everything is tiny
+on purpose: seeds only show the fuzzer the shape of valid input."""
 import json
 import os
 import struct
+import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -46,7 +50,24 @@ def byte_symbols():
     return out
 
 
+WEIGHTS = {  # seed file: ha-make-weights arguments
+    "paper_f32_depth2.safetensors": "--layers 2 --q-heads 2 --head-dim 4 --bits 8 --depth 2 --hidden 3 "
+                                    "--dense-layers 0 --dtype f32",
+    "group_bf16_depth3.safetensors": "--layers 1 --q-heads 2 --k-heads 1 --head-dim 4 --bits 33 --depth 3 "
+                                     "--hidden 2 --dtype bf16",
+    "simhash_f16.safetensors": "--kind simhash --layers 1 --q-heads 1 --head-dim 6 --bits 5 --dtype f16",
+}
+
+
 def main():
+    make_weights = sys.argv[1] if len(sys.argv) > 1 else None
+    if not make_weights:
+        sys.exit("usage: make_seeds.py BUILD_DIR/tools/ha-make-weights")
+    d = os.path.join(HERE, "corpus", "fuzz_weights")
+    os.makedirs(d, exist_ok=True)
+    for name, args in WEIGHTS.items():
+        subprocess.run([make_weights, "--out", os.path.join(d, name)] + args.split(), check=True)
+
     # generic safetensors: every dtype, a scalar, an empty tensor, metadata that is not hashattn's
     write("fuzz_weights", "generic_dtypes.safetensors", safetensors([
         ("a.f64", "F64", [2], struct.pack("<2d", 1.5, -2.0)),
