@@ -20,6 +20,9 @@ if [ ! -f "$dir/build.ninja" ]; then
 fi
 ninja -C "$dir" "${targets[@]/#/tests/fuzz/}" >/dev/null
 
+# A number of libFuzzer's last status line ("#N DONE cov: C ft: F corp: K/Bb ..."), by name.
+field() { sed -E "s/.* $1: ([0-9]+)[^0-9].*/\\1/" <<<"$done_line"; }
+
 mkdir -p "$dir/fuzz-artifacts"
 for t in "${targets[@]}"; do
   corpus=$dir/fuzz-corpus/$t
@@ -36,11 +39,10 @@ for t in "${targets[@]}"; do
     echo "FAIL: $t (log $log; reproducer in $dir/fuzz-artifacts/)" >&2
     exit 1
   fi
-  # e.g. "fuzz_config: 2345678 execs (78189/s), cov 312, ft 1520, corpus 201 inputs"
+  # e.g. "fuzz_config: 61163846 execs (100104/s), cov 77, ft 102, corpus 41 inputs / 3264b"
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)
-  cov=$(sed -E 's/.* cov: ([0-9]+) .*/\1/' <<<"$done_line")
-  ft=$(sed -E 's/.* ft: ([0-9]+) .*/\1/' <<<"$done_line")
-  echo "$t: ${execs:-?} execs (${rate:-?}/s), cov ${cov:-?}, ft ${ft:-?}, corpus $(find "$corpus" -type f | wc -l) new inputs"
+  bytes=$(sed -E 's/.* corp: [0-9]+\/([0-9]+[a-zA-Z]*) .*/\1/' <<<"$done_line")
+  echo "$t: ${execs:-?} execs (${rate:-?}/s), cov $(field cov), ft $(field ft), corpus $(field corp) inputs / $bytes"
 done
