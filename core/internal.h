@@ -35,6 +35,15 @@ typedef struct ha_backend {
     char path[4096];
 } ha_backend;
 
+/** Longest plugin name (ha_plugin_api.name) the core accepts. */
+#define HA_PLUGIN_NAME_MAX 63
+
+/**
+ * Checks a table returned by a plugin's entry point (where names the plugin in messages): ABI
+ * version, table size, the required members, the plan_create/plan_destroy pair and the name.
+ * HA_ERR_ABI_MISMATCH with a message naming both sides' versions or the offending member.
+ */
+HA_INTERNAL ha_status ha_plugin_table_check(const ha_plugin_api *api, const char *where);
 /** Resolves the choice (explicit, else $HASHATTN_BACKEND, else probing) and initializes the backend. */
 HA_INTERNAL ha_status ha_backend_open(const char *explicit_choice, int32_t device, ha_backend *out);
 HA_INTERNAL void ha_backend_close(ha_backend *b);

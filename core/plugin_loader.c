@@ -33,8 +33,21 @@ static const char *env(const char *name)
 
 /* ---- negotiation --------------------------------------------------------------------------- */
 
-/** Checks a table returned by a plugin's entry point; names both sides' versions on mismatch. */
-static ha_status negotiate(const ha_plugin_api *api, const char *where)
+/** A plugin name is what HASHATTN_BACKEND selects it by: letters, digits, '_' and '-'. */
+static int is_plugin_name(const char *name)
+{
+    size_t n = strnlen(name, HA_PLUGIN_NAME_MAX + 1);
+    if (n == 0 || n > HA_PLUGIN_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+ha_status ha_plugin_table_check(const ha_plugin_api *api, const char *where)
 {
     if (!api)
         return ha_fail(HA_ERR_ABI_MISMATCH, "plugin %s does not speak plugin ABI version %u (its entry point returned NULL)",
@@ -63,6 +76,10 @@ static ha_status negotiate(const ha_plugin_api *api, const char *where)
                                                                         : NULL;
     if (missing)
         return ha_fail(HA_ERR_ABI_MISMATCH, "plugin %s: required table member '%s' is NULL", where, missing);
+    if (!is_plugin_name(api->name))
+        return ha_fail(HA_ERR_ABI_MISMATCH,
+                       "plugin %s: its name is not 1 to %d letters, digits, '_' or '-' (what HASHATTN_BACKEND names)",
+                       where, HA_PLUGIN_NAME_MAX);
     return HA_OK;
 }
 
@@ -86,7 +103,7 @@ static ha_status load_file(const char *path, const ha_plugin_api **api, void **h
                        HA_PLUGIN_ENTRY_SYMBOL);
     }
     const ha_plugin_api *table = entry(HA_PLUGIN_ABI_VERSION);
-    ha_status st = negotiate(table, path);
+    ha_status st = ha_plugin_table_check(table, path);
     if (st != HA_OK) {
         dlclose(h);
         return st;

@@ -212,7 +212,7 @@ typedef struct ha_plugin_api {
     /* --- version 1 --------------------------------------------------------------------------- */
     uint32_t abi_version;  /**< HA_PLUGIN_ABI_VERSION the plugin speaks */
     uint32_t struct_size;  /**< sizeof(ha_plugin_api) as the plugin was built */
-    const char *name;      /**< short name: matches HASHATTN_BACKEND=name     */
+    const char *name;      /**< short name: matches HASHATTN_BACKEND=name; 1-63 of [A-Za-z0-9_-] */
 
     /** Score for automatic choice: 0 = cannot run here (no device, missing instructions); higher wins. */
     int (*probe)(void);

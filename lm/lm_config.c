@@ -2,6 +2,7 @@
  * lm_config.c — config.json of a Hugging Face Llama model, read with jansson. Only what the runner
  * implements is accepted: model_type llama, silu, no biases, plain RoPE (no rope scaling).
  */
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
@@ -94,6 +95,10 @@ static ha_status parse(const char *path, json_t *root, lm_config *c)
         (st = check_rope(path, root, &c->rope_theta)) != HA_OK ||
         (st = get_real(path, root, "rms_norm_eps", 1e-6, &eps)) != HA_OK)
         return st;
+    /* kept as a float: one that rounds to 0 or infinity would break RMSNorm */
+    if (eps < FLT_MIN || eps > FLT_MAX)
+        return lm_fail(HA_ERR_FORMAT, "%s: \"rms_norm_eps\" = %g is outside the float range [%g, %g]", path, eps,
+                       (double)FLT_MIN, (double)FLT_MAX);
     c->rms_norm_eps = (float)eps;
 
     if ((st = get_int(path, root, "hidden_size", 1, MAX_DIM, -1, &c->hidden_size)) != HA_OK ||
@@ -120,6 +125,20 @@ static ha_status parse(const char *path, json_t *root, lm_config *c)
     return HA_OK;
 }
 
+/* Validates a parsed document (root may be NULL: jerr says why). */
+static ha_status from_json(const char *name, json_t *root, const json_error_t *jerr, lm_config *out)
+{
+    if (!root)
+        return lm_fail(jerr->line < 0 ? HA_ERR_IO : HA_ERR_FORMAT, "%s: %s (line %d)", name, jerr->text, jerr->line);
+    lm_config c;
+    memset(&c, 0, sizeof(c));
+    ha_status st = parse(name, root, &c);
+    json_decref(root);
+    if (st == HA_OK)
+        *out = c;
+    return st;
+}
+
 ha_status lm_config_load(const char *path, lm_config *out)
 {
     lm_clear_error();
@@ -127,14 +146,15 @@ ha_status lm_config_load(const char *path, lm_config *out)
         return lm_fail(HA_ERR_INVALID_ARGUMENT, "lm_config_load: %s is NULL", !path ? "path" : "out");
     memset(out, 0, sizeof(*out));
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        return lm_fail(jerr.line < 0 ? HA_ERR_IO : HA_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
-    lm_config c;
-    memset(&c, 0, sizeof(c));
-    ha_status st = parse(path, root, &c);
-    json_decref(root);
-    if (st == HA_OK)
-        *out = c;
-    return st;
+    return from_json(path, json_load_file(path, 0, &jerr), &jerr, out);
+}
+
+ha_status lm_config_parse(const char *name, const char *json, size_t len, lm_config *out)
+{
+    lm_clear_error();
+    if (!name || !json || !out)
+        return lm_fail(HA_ERR_INVALID_ARGUMENT, "lm_config_parse: %s is NULL", !name ? "name" : !json ? "json" : "out");
+    memset(out, 0, sizeof(*out));
+    json_error_t jerr;
+    return from_json(name, json_loadb(json, len, 0, &jerr), &jerr, out);
 }

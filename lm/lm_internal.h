@@ -27,6 +27,22 @@ static inline float *lm_alloc_floats(size_t count)
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
+/* ---- configuration and tokenizer from memory (what the file loaders and the fuzz targets call) -- */
+
+/** A file's bytes; name is used in messages. data NULL: the file is absent. */
+typedef struct lm_file_bytes {
+    const char *name;
+    const char *data;
+    size_t len;
+} lm_file_bytes;
+
+/** lm_config_load on the bytes of a config.json. */
+ha_status lm_config_parse(const char *name, const char *json, size_t len, lm_config *out);
+/** lm_tokenizer_load on the bytes of vocab.json and merges.txt and (optional: NULL or data NULL)
+ *  tokenizer_config.json; the buffers are only read during the call. */
+ha_status lm_tokenizer_parse(const lm_file_bytes *vocab, const lm_file_bytes *merges, const lm_file_bytes *config,
+                            lm_tokenizer **out);
+
 /* ---- weights ---------------------------------------------------------------------------------- */
 
 /** A weight matrix W [n, k] (HF [out, in]) packed in panels of LM_NR columns (see lm_kernels.h). */

@@ -192,12 +192,13 @@ static char *read_text_file(const char *path, size_t *len)
     return buf;
 }
 
-static ha_status load_vocab(lm_tokenizer *t, const char *path, const int16_t byte_of_cp[324])
+static ha_status load_vocab(lm_tokenizer *t, const lm_file_bytes *file, const int16_t byte_of_cp[324])
 {
+    const char *path = file->name;
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = json_loadb(file->data, file->len, 0, &jerr);
     if (!root)
-        return lm_fail(jerr.line < 0 ? HA_ERR_IO : HA_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
+        return lm_fail(HA_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
     ha_status st = HA_OK;
     size_t count = json_is_object(root) ? json_object_size(root) : 0;
     if (count == 0 || count > (1u << 24)) {
@@ -283,12 +284,18 @@ out:
     return st;
 }
 
-static ha_status load_merges(lm_tokenizer *t, const char *path, const int16_t byte_of_cp[324])
+static ha_status load_merges(lm_tokenizer *t, const lm_file_bytes *file, const int16_t byte_of_cp[324])
 {
-    size_t len;
-    char *text = read_text_file(path, &len);
+    const char *path = file->name;
+    size_t len = file->len;
+    /* lines are cut in place (strtok_r): a NUL-terminated copy; a NUL inside would hide what follows */
+    if (memchr(file->data, '\0', len))
+        return lm_fail(HA_ERR_FORMAT, "%s: contains a NUL byte", path);
+    char *text = malloc(len + 1);
     if (!text)
-        return lm_fail(HA_ERR_IO, "%s: cannot read", path);
+        return lm_fail(HA_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(text, file->data, len);
+    text[len] = '\0';
     size_t lines = 1;
     for (size_t i = 0; i < len; i++)
         lines += text[i] == '\n';
@@ -358,13 +365,15 @@ static void add_special(lm_tokenizer *t, json_t *v)
     t->special[t->n_special++] = id;
 }
 
-static ha_status load_special(lm_tokenizer *t, const char *path)
+static ha_status load_special(lm_tokenizer *t, const lm_file_bytes *file)
 {
+    if (!file || !file->data) /* optional file */
+        return HA_OK;
     json_error_t jerr;
     /* model_max_length is often 1e30 written as an integer, too big for json_int_t */
-    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, &jerr);
-    if (!root) /* optional file */
-        return jerr.line < 0 ? HA_OK : lm_fail(HA_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    json_t *root = json_loadb(file->data, file->len, JSON_DECODE_INT_AS_REAL, &jerr);
+    if (!root)
+        return lm_fail(HA_ERR_FORMAT, "%s: %s (line %d)", file->name, jerr.text, jerr.line);
     static const char *const keys[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         add_special(t, json_object_get(root, keys[i]));
@@ -387,6 +396,49 @@ static ha_status compile_pattern(lm_tokenizer *t)
     return HA_OK;
 }
 
+ha_status lm_tokenizer_parse(const lm_file_bytes *vocab, const lm_file_bytes *merges, const lm_file_bytes *config,
+                            lm_tokenizer **out)
+{
+    lm_clear_error();
+    if (!out)
+        return lm_fail(HA_ERR_INVALID_ARGUMENT, "lm_tokenizer_parse: out is NULL");
+    *out = NULL;
+    if (!vocab || !vocab->name || !vocab->data || !merges || !merges->name || !merges->data ||
+        (config && config->data && !config->name))
+        return lm_fail(HA_ERR_INVALID_ARGUMENT, "lm_tokenizer_parse: a file (or its name) is NULL");
+    lm_tokenizer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return lm_fail(HA_ERR_OUT_OF_MEMORY, "lm_tokenizer_parse: out of memory");
+    uint32_t cp_of_byte[256];
+    int16_t byte_of_cp[324];
+    byte_symbols(cp_of_byte);
+    memset(byte_of_cp, 0xff, sizeof(byte_of_cp));
+    for (int b = 0; b < 256; b++)
+        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
+
+    ha_status st = load_vocab(t, vocab, byte_of_cp);
+    if (st == HA_OK)
+        st = load_merges(t, merges, byte_of_cp);
+    if (st == HA_OK)
+        st = load_special(t, config);
+    if (st == HA_OK)
+        st = compile_pattern(t);
+    if (st != HA_OK) {
+        lm_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return HA_OK;
+}
+
+/* Reads dir/name into *file (file->data NULL when it cannot be read; free() it). */
+static void read_file_in(const char *dir, const char *name, char *path, size_t path_size, lm_file_bytes *file)
+{
+    snprintf(path, path_size, "%s/%s", dir, name);
+    file->name = path;
+    file->data = read_text_file(path, &file->len);
+}
+
 ha_status lm_tokenizer_load(const char *dir, lm_tokenizer **out)
 {
     lm_clear_error();
@@ -395,40 +447,24 @@ ha_status lm_tokenizer_load(const char *dir, lm_tokenizer **out)
     *out = NULL;
     if (!dir)
         return lm_fail(HA_ERR_INVALID_ARGUMENT, "lm_tokenizer_load: dir is NULL");
-    lm_tokenizer *t = calloc(1, sizeof(*t));
-    if (!t)
-        return lm_fail(HA_ERR_OUT_OF_MEMORY, "lm_tokenizer_load: out of memory");
-    uint32_t cp_of_byte[256];
-    int16_t byte_of_cp[324];
-    byte_symbols(cp_of_byte);
-    memset(byte_of_cp, 0xff, sizeof(byte_of_cp));
-    for (int b = 0; b < 256; b++)
-        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
-
     size_t n = strlen(dir) + 32;
-    char *path = malloc(n);
-    ha_status st = path ? HA_OK : lm_fail(HA_ERR_OUT_OF_MEMORY, "lm_tokenizer_load: out of memory");
-    if (st == HA_OK) {
-        snprintf(path, n, "%s/vocab.json", dir);
-        st = load_vocab(t, path, byte_of_cp);
-    }
-    if (st == HA_OK) {
-        snprintf(path, n, "%s/merges.txt", dir);
-        st = load_merges(t, path, byte_of_cp);
-    }
-    if (st == HA_OK) {
-        snprintf(path, n, "%s/tokenizer_config.json", dir);
-        st = load_special(t, path);
-    }
+    char *paths = malloc(3 * n);
+    if (!paths)
+        return lm_fail(HA_ERR_OUT_OF_MEMORY, "lm_tokenizer_load: out of memory");
+    lm_file_bytes files[3] = {{0}};
+    static const char *const names[3] = {"vocab.json", "merges.txt", "tokenizer_config.json"};
+    for (int i = 0; i < 3; i++)
+        read_file_in(dir, names[i], paths + (size_t)i * n, n, &files[i]);
+    ha_status st = HA_OK;
+    for (int i = 0; i < 2 && st == HA_OK; i++) /* tokenizer_config.json is optional */
+        if (!files[i].data)
+            st = lm_fail(HA_ERR_IO, "%s: cannot read", files[i].name);
     if (st == HA_OK)
-        st = compile_pattern(t);
-    free(path);
-    if (st != HA_OK) {
-        lm_tokenizer_free(t);
-        return st;
-    }
-    *out = t;
-    return HA_OK;
+        st = lm_tokenizer_parse(&files[0], &files[1], &files[2], out);
+    for (int i = 0; i < 3; i++)
+        free((char *)files[i].data);
+    free(paths);
+    return st;
 }
 
 void lm_tokenizer_free(lm_tokenizer *t)

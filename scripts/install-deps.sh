@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test hashattn (as root, or with sudo).
 set -euo pipefail
-pkgs=(build-essential clang meson ninja-build pkg-config libcmocka-dev libjansson-dev libomp-dev libpcre2-dev)
+# libclang-rt-dev: libFuzzer and the sanitizer runtimes of clang (scripts/fuzz.sh)
+pkgs=(build-essential clang libclang-rt-dev meson ninja-build pkg-config libcmocka-dev libjansson-dev libomp-dev libpcre2-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

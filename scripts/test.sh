@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds and runs every test: a gcc build, a clang build, an ASan+UBSan build, and a ThreadSanitizer
-# build that runs the thread and unit suites (docs/reliability.md, "Thread safety").
+# Builds and runs every test: a gcc build, a clang build, an ASan+UBSan build, a ThreadSanitizer
+# build that runs the thread and unit suites (docs/reliability.md, "Thread safety"), and a short run
+# of every libFuzzer target (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -37,4 +38,7 @@ echo "== gcc, thread sanitizer (suites threads and unit, OMP_NUM_THREADS=1)"
 CC=gcc cuda=disabled suites="threads unit" OMP_NUM_THREADS=1 \
   TSAN_OPTIONS=allocator_may_return_null=1:halt_on_error=1 \
   run tsan -Db_sanitize=thread -Db_lundef=false
+echo "== clang, libFuzzer targets (address + undefined sanitizers), 20 s each"
+rm -rf build-test-fuzz
+FUZZ_BUILD_DIR=build-test-fuzz scripts/fuzz.sh 20
 echo "all test builds passed"

@@ -7,6 +7,7 @@
  *   BAD_PLUGIN_NO_ENTRY_SYMBOL  exports no hashattn_plugin_get_api
  *   BAD_PLUGIN_RETURNS_NULL     entry point returns NULL (cannot speak the core's version)
  *   BAD_PLUGIN_MISSING_MEMBER   valid header, but the required member `encode` is NULL
+ *   BAD_PLUGIN_BAD_NAME         a complete table whose name is not a plugin name (a path, a space)
  *   BAD_PLUGIN_PROBE_ZERO       a valid table whose probe says it cannot run here
  *   BAD_PLUGIN_INIT_FAILS       a valid table, top probe score, but init fails
  *
@@ -136,10 +137,16 @@ static ha_status attend(void *ctx, void *plan, const ha_attend_args *args)
 #define ENCODE encode
 #endif
 
+#if defined(BAD_PLUGIN_BAD_NAME)
+#define NAME "../bad plugin"
+#else
+#define NAME "bad_plugin"
+#endif
+
 static const ha_plugin_api table = {
     .abi_version = TABLE_VERSION,
     .struct_size = TABLE_SIZE,
-    .name = "bad_plugin",
+    .name = NAME,
     .probe = probe,
     .init = init,
     .shutdown = shutdown,

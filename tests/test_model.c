@@ -600,6 +600,9 @@ static void test_config_errors(void **state)
          " \"max_position_embeddings\": 64}",
          HA_ERR_FORMAT, "multiple"},
         {"{\"model_type\": \"llama\", \"hidden_size\": -4}", HA_ERR_FORMAT, "hidden_size"},
+        /* found by tests/fuzz/fuzz_config: a positive double that is 0 (or infinite) as a float */
+        {"{\"model_type\": \"llama\", \"rms_norm_eps\": 1e-60}", HA_ERR_FORMAT, "rms_norm_eps"},
+        {"{\"model_type\": \"llama\", \"rms_norm_eps\": 1e300}", HA_ERR_FORMAT, "rms_norm_eps"},
         {"[1, 2", HA_ERR_FORMAT, "line"},
     };
     char path[] = "/tmp/lm_test_config_XXXXXX";

@@ -45,6 +45,7 @@ static const bad_plugin bad_plugins[] = {
     {"no_entry_symbol", BIT(HA_ERR_ABI_MISMATCH) | BIT(HA_ERR_BACKEND_NOT_FOUND), {HA_PLUGIN_ENTRY_SYMBOL, NULL}},
     {"returns_null", BIT(HA_ERR_ABI_MISMATCH) | BIT(HA_ERR_BACKEND_NOT_FOUND), {version_word, NULL}},
     {"missing_member", BIT(HA_ERR_ABI_MISMATCH), {"encode", NULL}},
+    {"bad_name", BIT(HA_ERR_ABI_MISMATCH), {"name", NULL}},
     {"probe_zero", BIT(HA_ERR_BACKEND_NOT_FOUND), {NULL}},
     {"init_fails", ~(BIT(HA_OK)), {NULL}},
 };

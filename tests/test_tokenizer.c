@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "lm.h"
+#include "lm_internal.h"
 #include "test_util.h"
 
 static lm_tokenizer *tok;
@@ -240,6 +241,47 @@ static void test_bad_input(void **state)
     assert_non_null(strstr(lm_last_error(), "vocab.json"));
 }
 
+/* lm_tokenizer_parse (lm_tokenizer_load on the files' bytes): malformed files are refused, naming
+ * the file; a NUL byte in merges.txt is refused (it used to hide every line after it). */
+static void test_bad_files(void **state)
+{
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/vocab.json", model_dir);
+    json_t *root = json_load_file(path, 0, NULL);
+    assert_non_null(root);
+    char *vocab_json = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    assert_non_null(vocab_json);
+    static const struct {
+        const char *vocab; /* NULL: the shipped vocabulary */
+        const char *merges;
+        size_t merges_len;
+        ha_status want;
+        const char *says;
+    } cases[] = {
+        {NULL, "\xc4\xa0 t\nh e\n", 9, HA_OK, ""},
+        {NULL, "\xc4\xa0 t\n\0h e\n", 10, HA_ERR_FORMAT, "NUL"},
+        {NULL, "h e x\n", 6, HA_ERR_FORMAT, "m.txt:1"},
+        {NULL, "h e\n\xc4\xa0 qqqqq\n", 13, HA_ERR_FORMAT, "m.txt:2"},
+        {"{}", "", 0, HA_ERR_FORMAT, "v.json"},
+        {"{\"a\": 0", "", 0, HA_ERR_FORMAT, "v.json"},
+        {"{\"a\": 0}", "", 0, HA_ERR_FORMAT, "byte 0x00"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *v = cases[i].vocab ? cases[i].vocab : vocab_json;
+        lm_file_bytes vocab = {"v.json", v, strlen(v)}, merges = {"m.txt", cases[i].merges, cases[i].merges_len};
+        lm_tokenizer *t = (lm_tokenizer *)1;
+        ha_status st = lm_tokenizer_parse(&vocab, &merges, NULL, &t);
+        if (st != cases[i].want || !strstr(lm_last_error(), cases[i].says))
+            fail_msg("case %zu: status %d (%s), want %d mentioning \"%s\"", i, st, lm_last_error(), cases[i].want,
+                     cases[i].says);
+        assert_true(st == HA_OK ? t != NULL : t == NULL);
+        lm_tokenizer_free(st == HA_OK ? t : NULL);
+    }
+    free(vocab_json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_pieces_concatenate),
         cmocka_unit_test(test_special_token),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_bad_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
