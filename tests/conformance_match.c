@@ -767,7 +767,7 @@ int main(int argc, char **argv)
         printf("SKIP: backend %s cannot run here (probe 0)\n", g_api->name);
         return 77;
     }
-    ha_plugin_host host = {sizeof host, host_log, 0};
+    ha_plugin_host host = {.struct_size = sizeof host, .log = host_log, .device = 0};
     ha_status st = g_api->init(&host, &g_ctx);
     if (st != HA_OK) {
         const char *why = g_api->last_error ? g_api->last_error(NULL) : NULL;
