@@ -245,9 +245,12 @@ ha_status cpu_attend(const cpu_ctx *ctx, const cpu_plan *plan, const ha_attend_a
                          a->k.block_table == a->v.block_table && a->k.block_table_stride == a->v.block_table_stride;
 
     int64_t items = units * job.splits;
+    const int per_kv_head = job.splits * (job.group / job.unit_heads);
 #pragma omp parallel num_threads(plan->threads)
     {
-#pragma omp for schedule(dynamic)
+        /* The items of one KV head go to one thread together: its query heads (paper mode) then
+         * share the sink, local and common heavy rows through that core's L2. */
+#pragma omp for schedule(dynamic, per_kv_head)
         for (int64_t item = 0; item < items; item++)
             run_item(&job, item / job.splits, (int32_t)(item % job.splits));
         if (job.splits > 1) {
