@@ -245,7 +245,8 @@ ha_status cpu_attend(const cpu_ctx *ctx, const cpu_plan *plan, const ha_attend_a
                          a->k.block_table == a->v.block_table && a->k.block_table_stride == a->v.block_table_stride;
 
     int64_t items = units * job.splits;
-    const int per_kv_head = job.splits * (job.group / job.unit_heads);
+    /* (split units: their chunks are spread over the threads instead) */
+    const int per_kv_head = job.splits == 1 ? job.group / job.unit_heads : 1;
 #pragma omp parallel num_threads(plan->threads)
     {
         /* The items of one KV head go to one thread together: its query heads (paper mode) then
