@@ -7,7 +7,7 @@ command -v nvcc >/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$
 if ! pkg-config --exists cmocka jansson libpcre2-8 2>/dev/null &&
    { [ -f .device-deps/deps-prefix.tar.xz ] || compgen -G ".device-deps/*.deb" >/dev/null; }; then
   if [ -f .device-deps/deps-prefix.tar.xz ]; then
-    tar -C "$1" -xJf .device-deps/deps-prefix.tar.xz
+    mkdir -p "$1" && tar -C "$1" -xJf .device-deps/deps-prefix.tar.xz
   else
     for f in .device-deps/*.deb; do dpkg -x "$f" "$1"; done
   fi
