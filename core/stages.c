@@ -181,6 +181,10 @@ static ha_status objects_of(const char *fn, const ha_plan *plan_h, const ha_cach
     ha_status st = ha_handle_lookup(fn, HA_KIND_PLAN, plan_h, (void **)plan);
     if (st == HA_OK && cache_h)
         st = ha_handle_lookup(fn, HA_KIND_CACHE, cache_h, (void **)cache);
+    /* Before any argument is read: the plan's checks (reading host memory when its backend's memory is
+     * host memory) must not run on the buffers of another runtime's backend. */
+    if (st == HA_OK && cache_h && (*cache)->rt != (*plan)->rt)
+        st = ha_fail(HA_ERR_INVALID_ARGUMENT, "%s: the cache and the plan belong to different runtimes", fn);
     return st;
 }
 
