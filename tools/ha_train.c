@@ -68,7 +68,8 @@ static void usage(FILE *to)
             "  --steps S              Adam steps (default 400)\n"
             "  --lr X --alpha A       learning rate (1e-3), weight of positives (20)\n"
             "  --topk K               positives per row (32)\n"
-            "  --target-frac LIST     instead of top-K: targets at these budgets (e.g. 1/8,1/16,1/32),\n"
+            "  --target-frac LIST     instead of top-K: targets at these budgets (e.g. 1/8,1/16,1/32; the word\n"
+            "                         topk adds the top-K keys as one more level),\n"
             "                         positives = the floor(f*n) largest candidate logits of a row of\n"
             "                         length n; with several, the label is the share of budgets keeping j\n"
             "  --mass-gamma G         weight positives by min((p_j/p_thr)^G, 64), p the attention\n"
@@ -102,7 +103,9 @@ static int parse_fracs(const char *list, options *o)
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (o->n_levels == TR_MAX_LEVELS)
             return tool_complain("--target-frac: at most %d fractions", TR_MAX_LEVELS);
-        if (!tool_parse_fraction("--target-frac", t, &o->target_frac[o->n_levels++]))
+        if (strcmp(t, "topk") == 0) /* a level of the top --topk keys among the budgets */
+            o->target_frac[o->n_levels++] = 0.0;
+        else if (!tool_parse_fraction("--target-frac", t, &o->target_frac[o->n_levels++]))
             return 0;
     }
     return o->n_levels > 0 ? 1 : tool_complain("--target-frac: empty list");
