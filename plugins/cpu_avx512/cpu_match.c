@@ -4,15 +4,15 @@
  * Usually one streaming pass over the key codes (XOR + popcount, ISA kernel) keeps only the
  * candidates scoring at least a floor t_low, with their byte scores, in the thread's plan scratch:
  * the floor is the threshold of the thread's previous item minus a margin, and rises whenever the
- * buffer fills (to a score that the candidates seen so far already reach `heavy` times, so the final
- * threshold is never below it). Over those few candidates a histogram gives the threshold score
- * that the heavy budget reaches, a backward pass applies the tie rule (equal scores: more recent
- * first), and a compaction writes the selection. The pass is bound by reading the codes, and the
- * work after it is small. If the floor was too high (fewer than heavy candidates) the item is redone
- * from floor 0.
+ * candidates reach 4 × heavy (to a score that the candidates seen so far already reach `heavy`
+ * times, so the final threshold is never below it). Over those few candidates a histogram gives the
+ * threshold score that the heavy budget reaches, a backward pass applies the tie rule (equal
+ * scores: more recent first), and a compaction writes the selection. The pass is bound by reading
+ * the codes, and the work after it is small. If the floor was too high (fewer than heavy
+ * candidates) the item is redone with the floor 2, 4, … lower, down to 0 (its codes are in cache).
  *
- * Otherwise (scores wider than a byte, budgets above a quarter of the tokens, a buffer that cannot
- * be thinned) every candidate is scored into a score buffer and the same histogram, tie search and
+ * Otherwise (scores wider than a byte, budgets above about an eighth of the tokens, a buffer that
+ * cannot be thinned) every candidate is scored into a score buffer and the same histogram, tie search and
  * compaction run over all of them.
  *
  * With fewer (sequence, head) items than threads, each item's candidates are split into chunks:

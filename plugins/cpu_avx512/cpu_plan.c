@@ -57,7 +57,7 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
         p->hist_offset = take(&slice, (size_t)CPU_HIST_COPIES * ((size_t)p->max_score + 1) * sizeof(uint32_t));
         int64_t tokens = desc->max_tokens > 0 ? desc->max_tokens : 0;
         p->score_offset = take(&slice, (size_t)tokens * (size_t)cpu_score_bytes(p->max_score));
-        if (cpu_score_bytes(p->max_score) == 1) { /* room for budgets up to a sixteenth of the tokens */
+        if (cpu_score_bytes(p->max_score) == 1) { /* 4 × budgets of up to an eighth of the tokens */
             p->cand_cap = tokens / 2 + CPU_CAND_SLICE + 16;
             p->cand_idx_offset = take(&slice, (size_t)p->cand_cap * sizeof(int32_t));
             p->cand_score_offset = take(&slice, (size_t)p->cand_cap);
