@@ -21,6 +21,15 @@ CPU_INLINE __mmask16 cpu_tail_mask(int64_t n)
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
+/** How many lanes of m are set. Not __builtin_popcount(m): gcc 12 may spill the mask with a 16-bit
+ * kmovw and then popcount the 32-bit stack slot, counting two bytes of stale stack as lanes (seen in
+ * the ThreadSanitizer build of the match: candidates went missing now and then). kmovw to a general
+ * register zero-extends, so counting that is exact whatever the register allocation. */
+CPU_INLINE int cpu_mask_count16(__mmask16 m)
+{
+    return _mm_popcnt_u32(_cvtmask16_u32(m));
+}
+
 /** Elements [i, i + 16) of a row of dtype dt as fp32; lanes outside m are 0 and not read. */
 CPU_INLINE __m512 cpu_load16(const void *row, int64_t i, ha_dtype dt, __mmask16 m)
 {

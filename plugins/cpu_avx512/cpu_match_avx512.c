@@ -137,7 +137,7 @@ CPU_INLINE int32_t append_candidates(__m512i distance, __mmask16 valid, __m512i 
     _mm512_storeu_si512(idx, _mm512_maskz_compress_epi32(keep, lane));
     _mm_storeu_si128((__m128i *)score,
                      _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(keep, _mm512_sub_epi32(best, distance))));
-    return __builtin_popcount(keep);
+    return cpu_mask_count16(keep);
 }
 
 /* One-word contiguous codes, G query codes per key (a constant after inlining; 0 = a->group). */
@@ -274,7 +274,7 @@ int32_t cpu_match_filter_avx512(int32_t *idx, uint8_t *score, int32_t count, uin
         __m512i s = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, score + i));
         __m512i x = _mm512_maskz_loadu_epi32(m, idx + i);
         __mmask16 keep = _mm512_mask_cmpge_epu32_mask(m, s, lowest);
-        int taken = __builtin_popcount(keep);
+        int taken = cpu_mask_count16(keep);
         __mmask16 out = (__mmask16)((1u << taken) - 1u);
         _mm512_mask_storeu_epi32(idx + kept, out, _mm512_maskz_compress_epi32(keep, x));
         _mm_mask_storeu_epi8(score + kept, out, _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(keep, s)));
@@ -302,7 +302,7 @@ int32_t cpu_match_compact_avx512(const void *scores, int32_t bytes, int32_t coun
         __m512i idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(first + i));
         for (int32_t q = 0; q < 4; q++, keep >>= 16) {
             __mmask16 k = (__mmask16)keep;
-            int taken = __builtin_popcount(k);
+            int taken = cpu_mask_count16(k);
             if (ids)
                 idx = _mm512_maskz_loadu_epi32(cpu_tail_mask(count - i - 16 * q), ids + i + 16 * q);
             _mm512_mask_storeu_epi32(out + n, (__mmask16)((1u << taken) - 1u), _mm512_maskz_compress_epi32(k, idx));
