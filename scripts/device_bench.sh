@@ -10,10 +10,18 @@
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
 #   5. compute-sanitizer memcheck and racecheck on a few conformance cases, memcheck on the graph test.
 #
+# With BASELINE_PLUGIN_SRC (a .tar.gz of an earlier plugins/cuda, e.g. `git archive OLD plugins/cuda |
+# gzip > .before/old.tar.gz`, carried in an ignored folder), that plugin is built too (a copy of the
+# tree with plugins/cuda replaced, in parallel with the main build) and benchmarked right before the
+# current one with the same shapes (results_cuda_baseline.json): a before/after of one call, each
+# with its own cuDNN and flash times.
+#
 # Usage: scripts/device_bench.sh
 # Environment: BENCH_SHAPES (B×n list, default 1x8192,1x131072,1x524288,16x32768), BENCH_SPARSITIES
 # (32), BENCH_REPS (30), PAPER_SHAPES (1x8192,1x131072,16x32768; none: skip), PROFILE_SHAPE
-# (1x131072), SANITIZE_CHECKS (TOOL:CASE list, see below), SANITIZE_SECONDS (45, the limit of each).
+# (1x131072), NCU_SECTIONS (SpeedOfLight; e.g. "SpeedOfLight WarpStateStats LaunchStats Occupancy"),
+# SANITIZE_CHECKS (TOOL:CASE list, see below), SANITIZE_SECONDS (45, the limit of each),
+# BASELINE_PLUGIN_SRC (above), BENCH_MODES (paper,group).
 # Writes under $OUT (default: the current directory): device_bench.log, meson-testlog.txt,
 # results_cuda.json, results_cuda.png, results_cuda_paper.json, ncu.txt. Exit status 0 only if every
 # step passed.
@@ -48,16 +56,36 @@ step() {
 say "hashattn device bench, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 
+baseline_pid=
+if [ -n "${BASELINE_PLUGIN_SRC:-}" ]; then
+  # the baseline tree: this one with plugins/cuda replaced; built in the background
+  base=$work/baseline
+  mkdir -p "$base/src"
+  tar -C . --exclude=./.git -cf - . | tar -C "$base/src" -xf -
+  rm -rf "$base/src/plugins/cuda" && tar -C "$base/src" -xzf "$BASELINE_PLUGIN_SRC"
+  ( cd "$base/src" && meson setup "$base/build" -Dcuda=enabled >/dev/null &&
+    ninja -C "$base/build" plugins/cuda/hashattn_cuda.so core/libhashattn.so.0.1.0 tools/ha-make-weights
+    echo $? >"$base/rc" ) >"$out/baseline_build.log" 2>&1 &
+  baseline_pid=$!
+fi
 step "meson setup" 60 meson setup "$build" -Dcuda=enabled >/dev/null || exit 1
 step "ninja" 300 ninja -C "$build" plugins/cuda/hashattn_cuda.so core/libhashattn.so.0.1.0 tests/conformance \
-  tests/test_cuda_graph tools/ha-make-weights || exit 1
-step "conformance-cuda, test_cuda_graph" 180 meson test -C "$build" --no-rebuild conformance-cuda test_cuda_graph \
-  --print-errorlogs
+  tests/test_cuda_graph tests/conformance_match tools/ha-make-weights || exit 1
+step "conformance-cuda, conformance_match-cuda, test_cuda_graph" 180 meson test -C "$build" --no-rebuild \
+  conformance-cuda conformance_match-cuda test_cuda_graph --print-errorlogs
 cp "$build/meson-logs/testlog.txt" "$out/meson-testlog.txt" 2>/dev/null
 step "conformance, HASHATTN_CUDA_PORTABLE=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_PORTABLE=1 \
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
-step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
+modes=${BENCH_MODES:+--modes $BENCH_MODES}
+if [ -n "$baseline_pid" ]; then
+  step "baseline build" 300 bash -c "while [ ! -f '$base/rc' ]; do sleep 1; done; tail -2 '$out/baseline_build.log';
+    exit \$(cat '$base/rc')" &&
+    step "bench_cuda.py (baseline plugin)" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$base/build" \
+      --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" $modes \
+      --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda_baseline.json"
+fi
+step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" $modes \
   --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" \
   --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda.json" --png "$out/results_cuda.png"
 if [ "${PAPER_SHAPES:-}" != none ]; then
@@ -69,7 +97,7 @@ fi
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$ncu" ]; then
   step "ncu (one step per mode)" 120 "$ncu" --profile-from-start off --clock-control none \
-    --kernel-name regex:'encode|match|attend' --section SpeedOfLight \
+    --kernel-name regex:'encode|match|attend' $(for s in ${NCU_SECTIONS:-SpeedOfLight}; do echo --section "$s"; done) \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
     --log-file "$out/ncu.txt" python3 bench/bench_cuda.py --build "$build" --profile \
     --shapes "${PROFILE_SHAPE:-1x131072}" --sparsities 32 --json "$work/profile.json"
