@@ -88,6 +88,23 @@ fi
 step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" $modes \
   --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" \
   --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda.json" --png "$out/results_cuda.png"
+if [ -n "$baseline_pid" ] && [ -f "$out/results_cuda_baseline.json" ] && [ -f "$out/results_cuda.json" ]; then
+  # before/after of this call: graph-replay step and stages, µs; each half's own cuDNN
+  python3 - "$out/results_cuda_baseline.json" "$out/results_cuda.json" <<'PY' | tee -a "$log"
+import json, sys
+before, now = ({(r["batch"], r["n"], r["mode"], r["sparsity"]): r for r in json.load(open(f))["results"]}
+               for f in sys.argv[1:3])
+print("before/after, " + json.load(open(sys.argv[2]))["info"]["device"] + " (graph replays, us)")
+print(f"{'B':>3} {'n':>7} {'mode':5} {'1/s':>3} | {'step':>13} {'cuDNN':>13} {'x cuDNN':>11}"
+      f" | {'encode q':>11} {'encode k':>11} {'match':>11} {'attend':>11}")
+for key in sorted(set(before) & set(now)):
+    b, a = before[key], now[key]
+    pair = lambda k: f"{b.get(k, float('nan')):5.1f}->{a.get(k, float('nan')):5.1f}"
+    print(f"{key[0]:>3} {key[1]:>7} {key[2]:5} {key[3]:>3} | {pair('hash_graph_us'):>13} {pair('sdpa_cudnn_us'):>13}"
+          f" {b['speedup_vs_cudnn']:4.2f}->{a['speedup_vs_cudnn']:4.2f}"
+          + "".join(f" {pair('stage_' + s + '_us'):>11}" for s in ("encode_q", "encode_k", "match", "attend")))
+PY
+fi
 if [ "${PAPER_SHAPES:-}" != none ]; then
   step "bench_cuda.py --config paper" 180 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
     --config paper --shapes "${PAPER_SHAPES:-1x8192,1x131072,16x32768}" --reps "${BENCH_REPS:-30}" --stages \
