@@ -4,7 +4,9 @@
 #
 #   1. build from scratch what the steps need (the cuda plugin, the core, the two tests, ha-make-weights);
 #   2. conformance-cuda and test_cuda_graph (must pass), and the conformance suite once more with
-#      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card);
+#      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card) and with
+#      HASHATTN_CUDA_MATCH_LANES=1 (the match's per-lane histograms, which the long chunks of the
+#      benchmark shapes use, on the suite's short ones);
 #   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then
 #      the paper's configuration (--config paper: MHA 32 heads, fp16, top-k n/32) unless PAPER_SHAPES=none;
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
@@ -20,7 +22,9 @@
 # Environment: BENCH_SHAPES (B×n list, default 1x8192,1x131072,1x524288,16x32768), BENCH_SPARSITIES
 # (32), BENCH_REPS (30), PAPER_SHAPES (1x8192,1x131072,16x32768; none: skip), PROFILE_SHAPE
 # (1x131072), NCU_SECTIONS (SpeedOfLight; e.g. "SpeedOfLight WarpStateStats LaunchStats Occupancy"),
-# SANITIZE_CHECKS (TOOL:CASE list, see below), SANITIZE_SECONDS (45, the limit of each),
+# NCU_FULL_SHAPES (B×n list: also an ncu --set full profile with source counters of NCU_FULL_KERNELS,
+# regex encode|match|attend, in NCU_FULL_MODES, paper; ncu_full.ncu-rep, ncu_full.txt, ncu_source.csv),
+# SANITIZE_CHECKS (TOOL:CASE list, see below), SANITIZE_ENV (VAR=VALUE words for the checked programs), SANITIZE_SECONDS (45, the limit of each),
 # BASELINE_PLUGIN_SRC (above), BENCH_MODES (paper,group).
 # Writes under $OUT (default: the current directory): device_bench.log, meson-testlog.txt,
 # results_cuda.json, results_cuda.png, results_cuda_paper.json, ncu.txt. Exit status 0 only if every
@@ -77,6 +81,9 @@ cp "$build/meson-logs/testlog.txt" "$out/meson-testlog.txt" 2>/dev/null
 step "conformance, HASHATTN_CUDA_PORTABLE=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_PORTABLE=1 \
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
+step "conformance, HASHATTN_CUDA_MATCH_LANES=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_MATCH_LANES=1 \
+  HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
+
 modes=${BENCH_MODES:+--modes $BENCH_MODES}
 if [ -n "$baseline_pid" ]; then
   step "baseline build" 300 bash -c "while [ ! -f '$base/rc' ]; do sleep 1; done; tail -2 '$out/baseline_build.log';
@@ -118,6 +125,16 @@ if [ -n "$ncu" ]; then
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
     --log-file "$out/ncu.txt" python3 bench/bench_cuda.py --build "$build" --profile \
     --shapes "${PROFILE_SHAPE:-1x131072}" --sparsities 32 --json "$work/profile.json"
+  if [ -n "${NCU_FULL_SHAPES:-}" ]; then
+    # every section, with per-instruction source counters, for the kernels of a few shapes (paper mode
+    # unless NCU_FULL_MODES says): the details page and the SASS source page (stall reasons per line)
+    step "ncu --set full ($NCU_FULL_SHAPES)" 240 "$ncu" --profile-from-start off --clock-control none --set full \
+      --import-source yes --kernel-name regex:"${NCU_FULL_KERNELS:-encode|match|attend}" -f -o "$out/ncu_full" \
+      python3 bench/bench_cuda.py --build "$build" --profile --shapes "$NCU_FULL_SHAPES" --sparsities 32 \
+      --modes "${NCU_FULL_MODES:-paper}" --json "$work/profile_full.json" &&
+      "$ncu" --import "$out/ncu_full.ncu-rep" --page details >"$out/ncu_full.txt" 2>&1 &&
+      "$ncu" --import "$out/ncu_full.ncu-rep" --page source --csv --print-source sass >"$out/ncu_source.csv" 2>&1
+  fi
 else
   say "ncu not found"
 fi
@@ -125,7 +142,7 @@ fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 plugins=$build/plugins/cuda
 san() { # SECONDS TOOL CASES PROGRAM
-  step "$2: $(basename "$4") ${3:-all}" "$1" env HASHATTN_BACKEND=cuda HASHATTN_PLUGIN_PATH="$plugins" \
+  step "$2: $(basename "$4") ${3:-all}" "$1" env ${SANITIZE_ENV:-} HASHATTN_BACKEND=cuda HASHATTN_PLUGIN_PATH="$plugins" \
     HASHATTN_LOG=error HASHATTN_TEST_CASES="$3" "$sanitizer" --tool "$2" --error-exitcode 99 --print-limit 20 "$4" \
     >/dev/null
 }

@@ -64,6 +64,20 @@ static __device__ __forceinline__ uint32_t cu_code_word_mask(int32_t w, int32_t 
     return (1u << (bits - first_bit)) - 1u;
 }
 
+/** Inclusive prefix sum of v over the warp's lanes (every lane must call it). */
+template <typename T>
+static __device__ __forceinline__ T cu_warp_inclusive_scan(T v)
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const T up = __shfl_up_sync(0xffffffffu, v, d);
+        if (lane >= d)
+            v += up;
+    }
+    return v;
+}
+
 /**
  * Exclusive prefix sum of v over the block (blockDim.x a multiple of 32, at most 1024); *total gets
  * the block's sum. Every thread must call it. scratch: 33 elements of shared memory.
@@ -72,13 +86,7 @@ template <typename T>
 static __device__ __forceinline__ T cu_block_exclusive_scan(T v, T *total, T *scratch)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    T inclusive = v;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        T up = __shfl_up_sync(0xffffffffu, inclusive, d);
-        if (lane >= d)
-            inclusive += up;
-    }
+    const T inclusive = cu_warp_inclusive_scan(v);
     __syncthreads(); /* scratch may still be read by a previous call */
     if (lane == 31)
         scratch[warp] = inclusive;

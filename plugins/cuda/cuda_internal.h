@@ -45,6 +45,9 @@ typedef struct cu_ctx {
      *  dependent launch (a kernel starts while the stream's previous one drains). Off before sm_90
      *  and where HASHATTN_CUDA_PORTABLE=1 (which tests the sm_89 paths on an sm_90 device). */
     bool sm90;
+    /** HASHATTN_CUDA_MATCH_LANES: 1, the one-launch match keeps a histogram per lane wherever the
+     *  scores are few (so short test cases run that path too); 0, never; -1 (unset): by chunk length. */
+    int match_lanes;
     void (*log)(ha_log_level level, const char *message);
     char description[192];
 } cu_ctx;

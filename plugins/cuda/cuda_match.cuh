@@ -40,6 +40,7 @@ typedef struct match_params {
     int32_t chunks;      /**< per item (the cluster kernel: blocks per cluster) */
     int32_t bins;        /**< group × bits + 1                */
     int32_t score_capacity; /**< the cluster kernel: scores one block keeps in shared memory */
+    int32_t hist_lanes;  /**< the cluster kernel: copies of each warp's histogram (32: one per lane) */
     uint32_t *hist;      /**< [items × chunks][bins]          */
     uint32_t *warp_hist; /**< [items × chunks][warps][bins]   */
     int32_t *chunk_info; /**< [items × chunks][2]: offset, ties to skip */
@@ -172,34 +173,53 @@ static __device__ __forceinline__ void round_scores(const match_params &p, const
 /* ---- the threshold ----------------------------------------------------------------------------------- */
 
 /* T = the highest score with count(score ≥ T) ≥ heavy, from the item's histogram total[bins] (shared
- * memory); *above gets count(score > T). Every thread of the block calls it and gets both. Thread i
- * sums the i-th segment of scores from the top; a prefix sum gives each segment the count above it,
- * and the thread whose segment crosses heavy finds T in it. */
-static __device__ uint32_t find_threshold(const uint32_t *total, int32_t bins, int64_t heavy, long long *above_out)
+ * memory), by one warp (every lane calls it and gets both): *above gets count(score > T). Lane l sums
+ * the l-th segment of scores from the top; a prefix sum over the lanes gives each segment the count
+ * above it, and the lane whose segment crosses heavy finds T in it. T = 0, *above = 0 where the
+ * histogram holds fewer than heavy. */
+static __device__ uint32_t find_threshold_warp(const uint32_t *total, int32_t bins, int64_t heavy,
+                                               long long *above_out)
 {
-    __shared__ long long scan[33];
-    __shared__ uint32_t threshold_s;
-    __shared__ long long above_s;
-    const int tid = threadIdx.x;
-    if (tid == 0) {
-        threshold_s = 0;
-        above_s = 0;
-    }
-    const int seg = (bins + blockDim.x - 1) / blockDim.x;
-    const int top = bins - 1 - tid * seg, bottom = top - seg + 1 > 0 ? top - seg + 1 : 0;
-    long long mine = 0, all;
+    const int lane = threadIdx.x & 31;
+    const int seg = (bins + 31) / 32;
+    const int top = bins - 1 - lane * seg, bottom = top - seg + 1 > 0 ? top - seg + 1 : 0;
+    long long mine = 0;
     for (int v = top; v >= bottom; v--)
         mine += total[v];
-    long long above = cu_block_exclusive_scan<long long>(mine, &all, scan); /* its barriers order the init */
-    for (int v = top; v >= bottom; v--) {
-        if (above + total[v] >= heavy) {
-            if (above < heavy) { /* the one crossing */
-                threshold_s = (uint32_t)v;
-                above_s = above;
+    const long long inclusive = cu_warp_inclusive_scan(mine);
+    long long above = inclusive - mine;
+    const bool crosses = above < heavy && inclusive >= heavy;
+    uint32_t T = 0;
+    if (crosses)
+        for (int v = top; v >= bottom; v--) {
+            if (above + total[v] >= heavy) {
+                T = (uint32_t)v;
+                break;
             }
-            break;
+            above += total[v];
         }
-        above += total[v];
+    const unsigned who = __ballot_sync(0xffffffffu, crosses);
+    if (who == 0) {
+        *above_out = 0;
+        return 0;
+    }
+    const int src = __ffs(who) - 1;
+    *above_out = __shfl_sync(0xffffffffu, above, src);
+    return __shfl_sync(0xffffffffu, T, src);
+}
+
+/* find_threshold_warp for a whole block: every thread calls it and gets both. */
+static __device__ uint32_t find_threshold(const uint32_t *total, int32_t bins, int64_t heavy, long long *above_out)
+{
+    __shared__ uint32_t threshold_s;
+    __shared__ long long above_s;
+    if (threadIdx.x < 32) {
+        long long above;
+        const uint32_t T = find_threshold_warp(total, bins, heavy, &above);
+        if (threadIdx.x == 0) {
+            threshold_s = T;
+            above_s = above;
+        }
     }
     __syncthreads();
     *above_out = above_s;
@@ -260,6 +280,22 @@ static __device__ void warp_offsets(const uint32_t *wh, int32_t bins, uint32_t T
     }
 }
 
+/* Writes candidate t (score above T, or a tie) at its place among the kept ones: a tie ranked r
+ * (0-based, ascending in the chunk) is kept iff r ≥ skip; a kept token's place counts the kept tokens
+ * before it. *above_before, *ties_before: the candidates above T and the ties before t, then after. */
+static __device__ __forceinline__ void place_candidate(int32_t *dst, int32_t t, bool above, int32_t skip,
+                                                       int32_t *above_before, int32_t *ties_before)
+{
+    if (above) {
+        dst[*above_before + (*ties_before > skip ? *ties_before - skip : 0)] = t;
+        ++*above_before;
+    } else {
+        if (*ties_before >= skip)
+            dst[*above_before + *ties_before - skip] = t;
+        ++*ties_before;
+    }
+}
+
 /*
  * The warp's kept candidates of its slice [wlo, whi), in order, to dst (the chunk's first output): the
  * tie ranked r (0-based, ascending) in the chunk is kept iff r ≥ skip, and a kept token's place counts
@@ -281,13 +317,7 @@ static __device__ __forceinline__ void write_slice(int64_t wlo, int64_t whi, uin
 #pragma unroll
             for (int j = 0; j < V; j++)
                 mine += (sc[st][j] != UINT32_MAX && sc[st][j] > T) + ((uint32_t)(sc[st][j] == T) << 16);
-            uint32_t before = mine;
-#pragma unroll
-            for (int d = 1; d < 32; d <<= 1) {
-                const uint32_t up = __shfl_up_sync(0xffffffffu, before, d);
-                if (lane >= d)
-                    before += up;
-            }
+            uint32_t before = cu_warp_inclusive_scan(mine);
             const uint32_t step_total = __shfl_sync(0xffffffffu, before, 31);
             if (mine != 0) { /* most lanes keep nothing */
                 before -= mine; /* exclusive */
@@ -295,16 +325,9 @@ static __device__ __forceinline__ void write_slice(int64_t wlo, int64_t whi, uin
                 int32_t ties_before = ties_run + (int32_t)(before >> 16);
                 const int32_t t0 = (int32_t)((unit0 + 32 * st + lane) * V);
 #pragma unroll
-                for (int j = 0; j < V; j++) {
-                    if (sc[st][j] != UINT32_MAX && sc[st][j] > T) {
-                        dst[above_before + (ties_before > skip ? ties_before - skip : 0)] = t0 + j;
-                        above_before++;
-                    } else if (sc[st][j] == T) {
-                        if (ties_before >= skip)
-                            dst[above_before + ties_before - skip] = t0 + j;
-                        ties_before++;
-                    }
-                }
+                for (int j = 0; j < V; j++)
+                    if (sc[st][j] != UINT32_MAX && sc[st][j] >= T)
+                        place_candidate(dst, t0 + j, sc[st][j] > T, skip, &above_before, &ties_before);
             }
             above_run += (int32_t)(step_total & 0xffffu);
             ties_run += (int32_t)(step_total >> 16);
