@@ -13,9 +13,10 @@
 #   5. compute-sanitizer memcheck and racecheck on a few conformance cases, memcheck on the graph test.
 #
 # With BASELINE_PLUGIN_SRC (a .tar.gz of an earlier plugins/cuda, e.g. `git archive OLD plugins/cuda |
-# gzip > .before/old.tar.gz`, carried in an ignored folder), that plugin is built too (a copy of the
-# tree with plugins/cuda replaced, in parallel with the main build) and benchmarked right before the
-# current one with the same shapes (results_cuda_baseline.json): a before/after of one call, each
+# gzip > .before/old.tar.gz`, carried in an ignored folder; several, space-separated, for variants),
+# that plugin is built too (a copy of the tree with plugins/cuda replaced, in parallel with the main
+# build) and benchmarked right before the current one with the same shapes
+# (results_cuda_baseline.json, results_cuda_baseline2.json, …): a before/after of one call, each
 # with its own cuDNN and flash times.
 #
 # Usage: scripts/device_bench.sh
@@ -60,18 +61,23 @@ step() {
 say "hashattn device bench, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 
-baseline_pid=
-if [ -n "${BASELINE_PLUGIN_SRC:-}" ]; then
-  # the baseline tree: this one with plugins/cuda replaced; built in the background
-  base=$work/baseline
+# baselines: BASELINE_PLUGIN_SRC may name several tarballs (space-separated); baseline i (1, 2, …)
+# builds in $work/baseline$i, in the background, and its results go to results_cuda_baseline.json
+# (the first) or results_cuda_baseline$i.json
+baselines=()
+i=0
+for tarball in ${BASELINE_PLUGIN_SRC:-}; do
+  i=$((i + 1))
+  base=$work/baseline$i
+  baselines+=("$i:$tarball")
   mkdir -p "$base/src"
   tar -C . --exclude=./.git -cf - . | tar -C "$base/src" -xf -
-  rm -rf "$base/src/plugins/cuda" && tar -C "$base/src" -xzf "$BASELINE_PLUGIN_SRC"
+  rm -rf "$base/src/plugins/cuda" && tar -C "$base/src" -xzf "$tarball"
   ( cd "$base/src" && meson setup "$base/build" -Dcuda=enabled >/dev/null &&
     ninja -C "$base/build" plugins/cuda/hashattn_cuda.so core/libhashattn.so.0.1.0 tools/ha-make-weights
-    echo $? >"$base/rc" ) >"$out/baseline_build.log" 2>&1 &
-  baseline_pid=$!
-fi
+    echo $? >"$base/rc" ) >"$work/baseline_build$i.log" 2>&1 &
+done
+baseline_json() { [ "$1" = 1 ] && echo "$out/results_cuda_baseline.json" || echo "$out/results_cuda_baseline$1.json"; }
 step "meson setup" 60 meson setup "$build" -Dcuda=enabled >/dev/null || exit 1
 step "ninja" 300 ninja -C "$build" plugins/cuda/hashattn_cuda.so core/libhashattn.so.0.1.0 tests/conformance \
   tests/test_cuda_graph tests/conformance_match tools/ha-make-weights || exit 1
@@ -85,19 +91,23 @@ step "conformance, HASHATTN_CUDA_MATCH_LANES=1" 180 env HASHATTN_BACKEND=cuda HA
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 modes=${BENCH_MODES:+--modes $BENCH_MODES}
-if [ -n "$baseline_pid" ]; then
-  step "baseline build" 300 bash -c "while [ ! -f '$base/rc' ]; do sleep 1; done; tail -2 '$out/baseline_build.log';
-    exit \$(cat '$base/rc')" &&
-    step "bench_cuda.py (baseline plugin)" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$base/build" \
-      --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" $modes \
-      --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda_baseline.json"
-fi
+for entry in "${baselines[@]}"; do
+  i=${entry%%:*} base=$work/baseline${entry%%:*}
+  step "baseline $i build (${entry#*:})" 300 bash -c "while [ ! -f '$base/rc' ]; do sleep 1; done;
+    tail -2 '$work/baseline_build$i.log'; exit \$(cat '$base/rc')" &&
+    step "bench_cuda.py (baseline $i plugin)" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py \
+      --build "$base/build" --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" \
+      --sparsities "${BENCH_SPARSITIES:-32}" $modes --reps "${BENCH_REPS:-30}" --stages --json "$(baseline_json "$i")"
+done
 step "bench_cuda.py" 240 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" $modes \
   --shapes "${BENCH_SHAPES:-1x8192,1x131072,1x524288,16x32768}" --sparsities "${BENCH_SPARSITIES:-32}" \
   --reps "${BENCH_REPS:-30}" --stages --json "$out/results_cuda.json" --png "$out/results_cuda.png"
-if [ -n "$baseline_pid" ] && [ -f "$out/results_cuda_baseline.json" ] && [ -f "$out/results_cuda.json" ]; then
+for entry in "${baselines[@]}"; do
+  i=${entry%%:*}
+  [ -f "$(baseline_json "$i")" ] && [ -f "$out/results_cuda.json" ] || continue
   # before/after of this call: graph-replay step and stages, µs; each half's own cuDNN
-  python3 - "$out/results_cuda_baseline.json" "$out/results_cuda.json" <<'PY' | tee -a "$log"
+  say "baseline $i: ${entry#*:}"
+  python3 - "$(baseline_json "$i")" "$out/results_cuda.json" <<'PY' | tee -a "$log"
 import json, sys
 before, now = ({(r["batch"], r["n"], r["mode"], r["sparsity"]): r for r in json.load(open(f))["results"]}
                for f in sys.argv[1:3])
@@ -111,7 +121,7 @@ for key in sorted(set(before) & set(now)):
           f" {b['speedup_vs_cudnn']:4.2f}->{a['speedup_vs_cudnn']:4.2f}"
           + "".join(f" {pair('stage_' + s + '_us'):>11}" for s in ("encode_q", "encode_k", "match", "attend")))
 PY
-fi
+done
 if [ "${PAPER_SHAPES:-}" != none ]; then
   step "bench_cuda.py --config paper" 180 env PYTHONUNBUFFERED=1 python3 bench/bench_cuda.py --build "$build" \
     --config paper --shapes "${PAPER_SHAPES:-1x8192,1x131072,16x32768}" --reps "${BENCH_REPS:-30}" --stages \

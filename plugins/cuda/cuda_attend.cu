@@ -161,12 +161,12 @@ static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h
     for (int e = tid; e < H * d; e += blockDim.x) {
         const int h = e / d, i = e % d;
         const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats;
+        /* every split wrote its sums (0 where it had no rows, weight 0): the loads need no condition,
+         * so several are in flight at once */
         float a = 0.0f;
-        for (int c = 0; c < S; c++) {
-            const float wc = weight[h * CU_ATTEND_MAX_SPLITS + c];
-            if (wc > 0.0f)
-                a = fmaf(wc, __ldcg(first + c * slot_floats + 2 + i), a);
-        }
+#pragma unroll 8
+        for (int c = 0; c < S; c++)
+            a = fmaf(weight[h * CU_ATTEND_MAX_SPLITS + c], __ldcg(first + c * slot_floats + 2 + i), a);
         const float l = total[h];
         store_out(p, b, h0 + h, i, l > 0.0f ? a / l : 0.0f);
         if (i == 0 && p.lse)
