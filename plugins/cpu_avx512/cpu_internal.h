@@ -221,7 +221,8 @@ typedef struct cpu_plan {
     int32_t max_score;      /**< bits × group the plan can score                      */
     size_t hist_offset;
     size_t score_offset;
-    /* the candidates above a floor (byte scores only; cand_cap 0: none): token indices, scores */
+    /* the candidates above a floor (byte scores only; cand_cap 0: none): token indices, scores; two
+     * buffers of cand_cap each (an item's compaction runs while the next item gathers) */
     int64_t cand_cap;
     size_t cand_idx_offset;
     size_t cand_score_offset;
