@@ -9,8 +9,8 @@
  * threshold score that the heavy budget reaches, a backward pass applies the tie rule (equal
  * scores: more recent first), and a compaction writes the selection. The pass is bound by reading
  * the codes, and the work after it is small. The compaction is deferred to the thread's next item,
- * after that item's first slice of codes, so that it runs while the codes stream in (run between
- * items, such work stalls the stream for about twice its own time). If the floor was too high
+ * after that item's first slice of codes, so that it overlaps the code stream (run between items,
+ * such work adds all its time: nothing streams meanwhile). If the floor was too high
  * (fewer than heavy candidates) the item is redone with the floor 2, 4, … lower, down to 0 (its
  * codes are in cache).
  *
