@@ -11,9 +11,6 @@
 
 #include "cpu_internal.h"
 
-/* Tiles whose rows are in flight: the kernel works on the oldest while the others are fetched
- * (2, i.e. one tile ahead, measured as good as deeper rings on Zen; 8 was slower). */
-#define PREFETCH_TILES 2
 /* Shortest chunk worth a thread of its own. */
 #define SPLIT_MIN_TOKENS 512
 
@@ -85,15 +82,8 @@ static void unit_init(const attend_job *job, int32_t b, int32_t h0, cpu_attend_u
     }
 }
 
-static void prefetch_rows(const void *const *rows, int32_t count, size_t bytes)
-{
-    for (int32_t j = 0; j < count; j++)
-        for (size_t off = 0; off < bytes; off += 64)
-            __builtin_prefetch((const char *)rows[j] + off);
-}
-
-/* Row pointers of tile positions [p, p + CPU_ATTEND_TILE) ∩ [p, end), prefetched; the rest point
- * at the zero row. Returns how many are real. */
+/* Row pointers of tile positions [p, p + CPU_ATTEND_TILE) ∩ [p, end); the rest point at the zero
+ * row. Returns how many are real. */
 static int32_t tile_rows(const attend_job *job, int32_t b, int32_t kv_head, const int32_t *idx, int64_t p,
                          int64_t end, const void **k_rows, const void **v_rows)
 {
@@ -109,13 +99,12 @@ static int32_t tile_rows(const attend_job *job, int32_t b, int32_t kv_head, cons
     }
     for (int32_t j = count; j < CPU_ATTEND_TILE; j++)
         k_rows[j] = v_rows[j] = job->plan->zero_row;
-    prefetch_rows(k_rows, count, (size_t)a->head_dim * k_elem);
-    prefetch_rows(v_rows, count, (size_t)a->head_dim * v_elem);
     return count;
 }
 
-/* Online softmax of the unit over positions [p0, p1) of its token list. Row pointers are computed
- * (and the rows prefetched) PREFETCH_TILES - 1 tiles ahead of the kernel. */
+/* Online softmax of the unit over positions [p0, p1) of its token list. The kernel prefetches the
+ * next tile's rows while it works on one (one tile ahead measured as good as deeper on Zen, and
+ * spread over the kernel's loops better than issued at once: see cpu_attend_avx512.c). */
 static void run_range(const attend_job *job, const cpu_attend_unit *u, int32_t b, int32_t kv_head,
                       const int32_t *idx, int64_t p0, int64_t p1)
 {
@@ -124,19 +113,22 @@ static void run_range(const attend_job *job, const cpu_attend_unit *u, int32_t b
         u->l[i] = 0.0f;
     }
     memset(u->acc, 0, (size_t)u->heads * (size_t)u->dim_pad * sizeof(float));
-    const void *k_rows[PREFETCH_TILES][CPU_ATTEND_TILE], *v_rows[PREFETCH_TILES][CPU_ATTEND_TILE];
-    int32_t counts[PREFETCH_TILES];
+    const void *k_rows[2][CPU_ATTEND_TILE], *v_rows[2][CPU_ATTEND_TILE];
+    int32_t counts[2];
     int64_t tiles = (p1 - p0 + CPU_ATTEND_TILE - 1) / CPU_ATTEND_TILE;
-    for (int64_t i = 0; i < PREFETCH_TILES - 1 && i < tiles; i++)
-        counts[i] = tile_rows(job, b, kv_head, idx, p0 + i * CPU_ATTEND_TILE, p1, k_rows[i], v_rows[i]);
+    if (tiles > 0) {
+        counts[0] = tile_rows(job, b, kv_head, idx, p0, p1, k_rows[0], v_rows[0]);
+        cpu_prefetch_rows(k_rows[0], counts[0], (size_t)u->dim * ha_elem_size(u->k_dtype));
+        cpu_prefetch_rows(v_rows[0], counts[0], (size_t)u->dim * ha_elem_size(u->v_dtype));
+    }
     for (int64_t i = 0; i < tiles; i++) {
-        int64_t ahead = i + PREFETCH_TILES - 1;
-        if (ahead < tiles) {
-            int r = (int)(ahead % PREFETCH_TILES);
-            counts[r] = tile_rows(job, b, kv_head, idx, p0 + ahead * CPU_ATTEND_TILE, p1, k_rows[r], v_rows[r]);
-        }
-        int r = (int)(i % PREFETCH_TILES);
-        job->ctx->k->attend_tile(u, k_rows[r], v_rows[r], counts[r]);
+        const int r = (int)(i % 2), next = 1 - r;
+        const int more = i + 1 < tiles;
+        if (more)
+            counts[next] = tile_rows(job, b, kv_head, idx, p0 + (i + 1) * CPU_ATTEND_TILE, p1, k_rows[next],
+                                     v_rows[next]);
+        job->ctx->k->attend_tile(u, k_rows[r], v_rows[r], counts[r], more ? k_rows[next] : NULL,
+                                 more ? v_rows[next] : NULL);
     }
 }
 

@@ -20,9 +20,11 @@ static float dot(const float *restrict x, const float *restrict y, int32_t n)
 }
 
 void cpu_attend_tile_portable(const cpu_attend_unit *u, const void *const *k_rows, const void *const *v_rows,
-                              int32_t count)
+                              int32_t count, const void *const *next_k, const void *const *next_v)
 {
     const int32_t d = u->dim, dp = u->dim_pad;
+    cpu_prefetch_rows(next_k, CPU_ATTEND_TILE, (size_t)d * ha_elem_size(u->k_dtype));
+    cpu_prefetch_rows(next_v, CPU_ATTEND_TILE, (size_t)d * ha_elem_size(u->v_dtype));
     for (int32_t j = 0; j < count; j++)
         cpu_load_row_portable(k_rows[j], u->k_dtype, d, u->k_tile + j * dp);
     for (int32_t h = 0; h < u->heads; h++) {

@@ -54,6 +54,14 @@ static inline uint32_t cpu_score_at(const void *scores, int32_t bytes, int64_t i
                       : bytes == 2 ? ((const uint16_t *)scores)[i] : ((const uint32_t *)scores)[i];
 }
 
+/** Prefetches the first `bytes` of each of rows[0 .. count) (rows NULL: nothing). */
+static inline void cpu_prefetch_rows(const void *const *rows, int32_t count, size_t bytes)
+{
+    for (int32_t j = 0; rows && j < count; j++)
+        for (size_t off = 0; off < bytes; off += 64)
+            __builtin_prefetch((const char *)rows[j] + off);
+}
+
 /* ---- kernel arguments ------------------------------------------------------------------------ */
 
 /** One linear layer over `tokens` rows: y = act(x · wt + bias); wt is [in_dim, out_pad]. */
@@ -124,9 +132,10 @@ typedef struct cpu_kernels {
     int32_t (*match_compact)(const void *scores, int32_t bytes, int32_t count, int32_t first, const int32_t *ids,
                              uint32_t threshold, int64_t tie_start, int32_t *out);
     /** Folds count (1..CPU_ATTEND_TILE) tokens into the unit's online softmax; rows past count point
-     *  at a zero row. */
+     *  at a zero row. next_k and next_v (NULL: none) are the next tile's CPU_ATTEND_TILE rows, which the
+     *  kernel prefetches while it works. */
     void (*attend_tile)(const cpu_attend_unit *u, const void *const *k_rows, const void *const *v_rows,
-                        int32_t count);
+                        int32_t count, const void *const *next_k, const void *const *next_v);
 } cpu_kernels;
 
 CPU_HIDDEN extern const cpu_kernels cpu_kernels_portable;
@@ -151,7 +160,8 @@ CPU_HIDDEN extern const cpu_kernels cpu_kernels_avx512;
                                                const int32_t *ids, uint32_t threshold, int64_t tie_start,    \
                                                int32_t *out);                                              \
     CPU_HIDDEN void cpu_attend_tile_##isa(const cpu_attend_unit *u, const void *const *k_rows,              \
-                                          const void *const *v_rows, int32_t count);
+                                          const void *const *v_rows, int32_t count, const void *const *next_k, \
+                                          const void *const *next_v);
 CPU_DECLARE_KERNELS(portable)
 CPU_DECLARE_KERNELS(avx512)
 /** match_candidates through any score kernel, a block at a time (byte scores only). */
@@ -211,7 +221,8 @@ typedef struct cpu_plan {
     int32_t max_score;      /**< bits × group the plan can score                      */
     size_t hist_offset;
     size_t score_offset;
-    /* the candidates above a floor (byte scores only; cand_cap 0: none): token indices, scores */
+    /* the candidates above a floor (byte scores only; cand_cap 0: none): token indices, scores; two
+     * buffers of cand_cap each (an item's compaction runs while the next item gathers) */
     int64_t cand_cap;
     size_t cand_idx_offset;
     size_t cand_score_offset;

@@ -298,17 +298,26 @@ int32_t cpu_match_compact_avx512(const void *scores, int32_t bytes, int32_t coun
         int64_t rel = tie_start - i; /* lanes ≥ rel may be taken at the threshold */
         uint64_t tie_lanes = rel <= 0 ? ~0ull : rel >= 64 ? 0ull : ~0ull << rel;
         uint64_t keep = _mm512_mask_cmpgt_epu8_mask(m, v, thr) | (_mm512_mask_cmpeq_epi8_mask(m, v, thr) & tie_lanes);
-        /* branch-free: which 16-lane quarters hold a selection is unpredictable */
+        /* branch-free: which 16-lane quarters hold a selection is unpredictable. The quarters' counts
+         * are taken first, so that the store positions do not wait on each other's count. */
         __m512i idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(first + i));
-        for (int32_t q = 0; q < 4; q++, keep >>= 16) {
-            __mmask16 k = (__mmask16)keep;
-            int taken = cpu_mask_count16(k);
+        int taken[4], at[4];
+        CPU_UNROLL
+        for (int32_t q = 0; q < 4; q++)
+            taken[q] = cpu_mask_count16((__mmask16)(keep >> (16 * q)));
+        at[0] = n;
+        at[1] = n + taken[0];
+        at[2] = at[1] + taken[1];
+        at[3] = at[2] + taken[2];
+        CPU_UNROLL
+        for (int32_t q = 0; q < 4; q++) {
             if (ids)
                 idx = _mm512_maskz_loadu_epi32(cpu_tail_mask(count - i - 16 * q), ids + i + 16 * q);
-            _mm512_mask_storeu_epi32(out + n, (__mmask16)((1u << taken) - 1u), _mm512_maskz_compress_epi32(k, idx));
-            n += taken;
+            _mm512_mask_storeu_epi32(out + at[q], (__mmask16)((1u << taken[q]) - 1u),
+                                     _mm512_maskz_compress_epi32((__mmask16)(keep >> (16 * q)), idx));
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));
         }
+        n = at[3] + taken[3];
     }
     return n;
 }

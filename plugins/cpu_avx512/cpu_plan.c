@@ -59,8 +59,8 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
         p->score_offset = take(&slice, (size_t)tokens * (size_t)cpu_score_bytes(p->max_score));
         if (cpu_score_bytes(p->max_score) == 1) { /* 4 × budgets of up to an eighth of the tokens */
             p->cand_cap = tokens / 2 + CPU_CAND_SLICE + 16;
-            p->cand_idx_offset = take(&slice, (size_t)p->cand_cap * sizeof(int32_t));
-            p->cand_score_offset = take(&slice, (size_t)p->cand_cap);
+            p->cand_idx_offset = take(&slice, 2 * (size_t)p->cand_cap * sizeof(int32_t));
+            p->cand_score_offset = take(&slice, 2 * (size_t)p->cand_cap);
         }
     }
     p->group = desc->q_heads / desc->kv_heads;
