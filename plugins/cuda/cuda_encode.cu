@@ -118,10 +118,15 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
 
         __syncthreads(); /* the previous item is done with shared memory */
         if (p.staged) {
+            /* 32-bit offsets (staged: a head's floats fit shared memory), pointers stepped per copy */
+            const int stride = 4 * (int)blockDim.x;
             for (int l = 0; l < J.depth; l++) {
-                const int64_t from = J.w_off[l] / 4, to = (l + 1 < J.depth ? J.w_off[l + 1] : J.head_floats) / 4;
-                for (int64_t i = from + tid; i < to; i += blockDim.x)
-                    copy16_async(param_s + 4 * i, params + 4 * i);
+                const int from = (int)J.w_off[l] + 4 * tid;
+                const int to = (int)(l + 1 < J.depth ? J.w_off[l + 1] : J.head_floats);
+                const float *src = params + from;
+                float *dst = param_s + from;
+                for (int i = from; i < to; i += stride, src += stride, dst += stride)
+                    copy16_async(dst, src);
                 copy_commit();
             }
         }
@@ -174,9 +179,13 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
                 if (o < O) {
                     const int k0 = s * per_slice, k1 = k0 + per_slice < I ? k0 + per_slice : I;
                     int k = k0;
-                    for (; k + 4 <= k1; k += 4) {
-                        const float w0 = W[(int64_t)k * O + o], w1 = W[(int64_t)(k + 1) * O + o];
-                        const float w2 = W[(int64_t)(k + 2) * O + o], w3 = W[(int64_t)(k + 3) * O + o];
+                    /* a pointer stepped by 4 rows (no 64-bit index arithmetic per weight); for one-row
+                     * tiles unrolled so that the shared-memory loads of several steps are in flight
+                     * before their sums (longer tiles have loads enough, and lose to the registers) */
+                    const float *wk = W + (int64_t)k0 * O + o;
+#pragma unroll(TILE == 1 ? 4 : 1)
+                    for (; k + 4 <= k1; k += 4, wk += 4 * O) {
+                        const float w0 = wk[0], w1 = wk[O], w2 = wk[2 * O], w3 = wk[3 * O];
 #pragma unroll
                         for (int r = 0; r < TILE; r++) {
                             const float4 xv = *(const float4 *)(x + r * p.act_stride + k);
