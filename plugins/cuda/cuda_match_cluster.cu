@@ -261,25 +261,34 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, 2) match_cluster_kern
     }
     cluster.sync(); /* every chunk's histogram is complete */
 
+    /* the item's histogram: a thread per bin, its loads from the C ≤ MATCH_WARPS chunks in flight
+     * together (one distributed-shared-memory round trip, not one per chunk and 32 bins) */
+    for (int v = tid; v < bins; v += blockDim.x) {
+        uint32_t h[MATCH_WARPS];
+#pragma unroll
+        for (int k = 0; k < MATCH_WARPS; k++)
+            h[k] = k < C ? cluster.map_shared_rank(chunk_hist, k)[v] : 0u;
+        uint32_t sum = 0;
+#pragma unroll
+        for (int k = 0; k < MATCH_WARPS; k++)
+            sum += h[k];
+        total[v] = sum;
+    }
+    __syncthreads();
+
     /* the item's plan, the same in every block, by its first warp: the threshold T, the ties each
      * chunk keeps (the most recent chunks first), this chunk's offset and skipped ties, and the
      * candidates of its warps before each warp. Lanes 4k..4k+3 count chunk k's candidates above T
      * (and its ties), and then warp k's. */
     if (warp == 0) {
-        for (int v = lane; v < bins; v += 32) {
-            uint32_t sum = 0;
-            for (int k = 0; k < C; k++)
-                sum += cluster.map_shared_rank(chunk_hist, k)[v];
-            total[v] = sum;
-        }
-        __syncwarp();
         long long above_T;
         const uint32_t T = find_threshold_warp(total, bins, g.heavy, &above_T);
         const int quad = lane >> 2, part = lane & 3;
         uint32_t chunk_above = 0, chunk_ties = 0, above = 0, ties = 0;
         if (quad < C) {
             const uint32_t *h = cluster.map_shared_rank(chunk_hist, quad);
-            for (int v = (int)T + 1 + part; v < bins; v += 4)
+#pragma unroll 4
+            for (int v = (int)T + 1 + part; v < bins; v += 4) /* unrolled: remote loads in flight */
                 chunk_above += h[v];
             chunk_ties = h[T];
         }
