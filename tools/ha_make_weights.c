@@ -228,16 +228,7 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case OPT_HIDDEN: ok = tool_parse_int("--hidden", optarg, 1, MAX_WIDTH, &o->hidden); break;
         case OPT_DENSE: o->dense_layers = optarg; break;
-        case OPT_DTYPE:
-            if (strcmp(optarg, "f32") == 0)
-                o->dtype = HA_ST_F32;
-            else if (strcmp(optarg, "f16") == 0)
-                o->dtype = HA_ST_F16;
-            else if (strcmp(optarg, "bf16") == 0)
-                o->dtype = HA_ST_BF16;
-            else
-                ok = tool_complain("--dtype: \"%s\" is not f32, f16 or bf16", optarg);
-            break;
+        case OPT_DTYPE: ok = tool_parse_dtype("--dtype", optarg, &o->dtype); break;
         case OPT_SEED: ok = parse_seed(optarg, &o->seed); break;
         case OPT_HELP: return -1;
         case ':': ok = tool_complain("%s needs a value", argv[optind - 1]); break;

@@ -162,12 +162,7 @@ static int parse_options(int argc, char **argv, options *o)
         case O_VALROWS: ok = tool_parse_int("--val-rows", optarg, 1, 1 << 20, &o->val_rows); break;
         case O_LOG: ok = tool_parse_int("--log-every", optarg, 1, 1 << 30, &o->log_every); break;
         case O_VALEVERY: ok = tool_parse_int("--val-every", optarg, 1, 1 << 30, &o->val_every); break;
-        case O_DTYPE:
-            if (!strcmp(optarg, "f32")) o->dtype = HA_ST_F32;
-            else if (!strcmp(optarg, "f16")) o->dtype = HA_ST_F16;
-            else if (!strcmp(optarg, "bf16")) o->dtype = HA_ST_BF16;
-            else ok = tool_complain("--dtype: f32, f16 or bf16, got '%s'", optarg);
-            break;
+        case O_DTYPE: ok = tool_parse_dtype("--dtype", optarg, &o->dtype); break;
         case O_SEED: {
             char *end;
             o->seed = strtoull(optarg, &end, 10);

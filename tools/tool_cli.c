@@ -47,3 +47,16 @@ int tool_parse_fraction(const char *what, const char *s, double *out)
     *out = f;
     return 1;
 }
+
+int tool_parse_dtype(const char *what, const char *s, ha_st_dtype *out)
+{
+    if (!strcmp(s, "f32"))
+        *out = HA_ST_F32;
+    else if (!strcmp(s, "f16"))
+        *out = HA_ST_F16;
+    else if (!strcmp(s, "bf16"))
+        *out = HA_ST_BF16;
+    else
+        return tool_complain("%s: \"%s\" is not f32, f16 or bf16", what, s);
+    return 1;
+}
