@@ -6,7 +6,8 @@
 #   2. conformance-cuda and test_cuda_graph (must pass), and the conformance suite once more with
 #      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card) and with
 #      HASHATTN_CUDA_MATCH_LANES=1 (the match's per-lane histograms, which the long chunks of the
-#      benchmark shapes use, on the suite's short ones);
+#      benchmark shapes use, on the suite's short ones) and with HASHATTN_CUDA_ENCODE_ROWS=1 (the
+#      one-row encode, which the batch-1 decode steps use, on every encode of the suite);
 #   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then
 #      the paper's configuration (--config paper: MHA 32 heads, fp16, top-k n/32) unless PAPER_SHAPES=none;
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
@@ -88,6 +89,9 @@ step "conformance, HASHATTN_CUDA_PORTABLE=1" 180 env HASHATTN_BACKEND=cuda HASHA
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 step "conformance, HASHATTN_CUDA_MATCH_LANES=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_MATCH_LANES=1 \
+  HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
+
+step "conformance, HASHATTN_CUDA_ENCODE_ROWS=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 modes=${BENCH_MODES:+--modes $BENCH_MODES}

@@ -5,7 +5,9 @@
 #   1. meson setup -Dcuda=enabled, ninja (a fresh temporary build directory unless one is given);
 #   2. meson test: every suite; the cuda conformance suite and the CUDA-graph test must run (a SKIP
 #      there is a failure: this machine has a GPU);
-#   3. compute-sanitizer on the cuda backend: memcheck over the whole conformance suite and the graph
+#   3. the cuda conformance suite once more with HASHATTN_CUDA_ENCODE_ROWS=1 (every encode through the
+#      one-row kernel, which the batch-1 decode steps use);
+#   4. compute-sanitizer on the cuda backend: memcheck over the whole conformance suite and the graph
 #      test; racecheck, synccheck and initcheck over a subset of cases (HASHATTN_SANITIZE_CASES,
 #      substrings of case names separated by spaces).
 #
@@ -66,10 +68,12 @@ for t in conformance-cuda test_cuda_graph; do
 done
 
 plugins=$build/plugins/cuda:$build/plugins/cpu_avx512
+step "conformance-cuda, HASHATTN_CUDA_ENCODE_ROWS=1" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
+  HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
 # san SECONDS TOOL CASES PROGRAM: PROGRAM on the cuda backend under compute-sanitizer, stopped after
-# SECONDS (exit 124); CASES filters the conformance cases by name ("" = all).
+# SECONDS (exit 124); CASES filters the conformance cases by name ("" = all); SAN_ENV: VAR=VALUE words.
 san() {
-  timeout "$1" env HASHATTN_BACKEND=cuda HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error \
+  timeout "$1" env ${SAN_ENV:-} HASHATTN_BACKEND=cuda HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error \
     HASHATTN_TEST_CASES="$3" "$sanitizer" --tool "$2" --error-exitcode 99 --print-limit 20 "$4"
 }
 if [ -z "$sanitizer" ]; then
@@ -83,6 +87,11 @@ else
   first=${cases%% *}
   step "synccheck: conformance *$first*" san 40 synccheck "$first" "$build/tests/conformance"
   step "initcheck: conformance *$first*" san 40 initcheck "$first" "$build/tests/conformance"
+  san_rows() { SAN_ENV=HASHATTN_CUDA_ENCODE_ROWS=1 san "$@"; }
+  step "racecheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 60 racecheck "$first" \
+    "$build/tests/conformance"
+  step "synccheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 40 synccheck "$first" \
+    "$build/tests/conformance"
 fi
 
 say ""

@@ -13,30 +13,11 @@
  * packs the signs 32 at a time with a warp ballot.
  *
  * One launch can run two jobs (the new keys and the queries of a decode step): the blocks of job 0
- * come first.
+ * come first. Where every job has one row (the decode step at batch 1) the launch goes to the one-row
+ * kernel instead (cuda_encode_row.cu; HASHATTN_CUDA_ENCODE_ROWS=1 sends every launch that fits it
+ * there, =0 none, for tests and comparisons).
  */
-#include "cuda_device.cuh"
-
-typedef struct encode_job {
-    ha_rows in;
-    ha_rows out;
-    const float *params;   /**< cu_mlp storage: [heads][head_floats]  */
-    int64_t head_floats;
-    int64_t w_off[HA_PLUGIN_MAX_MLP_DEPTH];
-    int64_t b_off[HA_PLUGIN_MAX_MLP_DEPTH];
-    int32_t dims[HA_PLUGIN_MAX_MLP_DEPTH + 1];
-    int32_t depth;
-    int32_t heads;         /**< MLP heads                             */
-    int32_t per_in_head;   /**< MLP heads reading one input head      */
-    int32_t words;         /**< code words written per token          */
-    int32_t batch;
-    int32_t count;         /**< tokens per sequence, ≤ max_tokens     */
-    const int32_t *end;
-    int64_t max_tokens;
-    int64_t rows;          /**< batch × count                          */
-    int64_t tiles;         /**< tiles of rows per head                 */
-    int64_t blocks;        /**< heads × tiles                          */
-} encode_job;
+#include "cuda_encode.cuh"
 
 typedef struct encode_params {
     encode_job job[2];
@@ -65,11 +46,6 @@ static __host__ __device__ __forceinline__ int32_t padded_outputs(const int32_t 
 {
     int32_t o = round_up(dims[l + 1], 32);
     return l == depth - 1 && words * 32 > o ? words * 32 : o;
-}
-
-static __device__ __forceinline__ float silu(float y)
-{
-    return y / (1.0f + expf(-y));
 }
 
 static __device__ __forceinline__ void copy16_async(float *dst, const float *src)
@@ -105,13 +81,12 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
     float *act_b = act_a + TILE * p.act_stride;
     float *red = act_b + TILE * p.act_stride;
     const int tid = threadIdx.x, lane = tid & 31;
-    const int64_t total = p.job[0].blocks + (p.jobs > 1 ? p.job[1].blocks : 0);
+    const int64_t total = encode_items(p.job, p.jobs);
     cu_let_next_grid_start();
 
     for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
-        const bool second = item >= p.job[0].blocks;
-        const encode_job &J = second ? p.job[1] : p.job[0];
-        const int64_t local = second ? item - p.job[0].blocks : item;
+        int64_t local;
+        const encode_job &J = encode_item(p.job, item, &local);
         const int32_t m = (int32_t)(local / J.tiles);
         const int64_t tile = local % J.tiles;
         const float *params = J.params + (int64_t)m * J.head_floats;
@@ -135,15 +110,9 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
         cu_wait_prior_grids();
         /* the tile's rows: row ρ is token j = ρ % count of sequence ρ / count */
         if (tid < TILE) {
-            const int64_t rho = tile * TILE + tid;
-            int64_t t = -1;
-            int32_t b = 0;
-            if (rho < J.rows) {
-                b = (int32_t)(rho / J.count);
-                const int64_t end = J.end ? cu_clamp_len(J.end[b], J.max_tokens) : J.count;
-                const int64_t first = end - J.count > 0 ? end - J.count : 0;
-                t = first + rho % J.count < end ? first + rho % J.count : -1;
-            }
+            int64_t t;
+            int32_t b;
+            encode_row_token(J, tile * TILE + tid, &t, &b);
             row_t[tid] = t;
             row_b[tid] = b;
         }
@@ -216,7 +185,7 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
                 }
                 if (!last) {
                     if (o < O)
-                        y[r * p.act_stride + o] = silu(v);
+                        y[r * p.act_stride + o] = encode_silu(v);
                     continue;
                 }
                 /* a warp holds 32 consecutive outputs of one row (OP and blockDim are multiples of 32) */
@@ -273,7 +242,9 @@ ha_status cu_encode_prepare(const cu_ctx *ctx)
         st = cu_prepare_kernel(encode_kernel<4>, ctx, "cuda init: encode kernel");
     if (st == HA_OK)
         st = cu_prepare_kernel(encode_kernel<8>, ctx, "cuda init: encode kernel");
-    return st != HA_OK ? st : cu_prepare_kernel(encode_kernel<CU_ENCODE_MAX_TILE>, ctx, "cuda init: encode kernel");
+    if (st == HA_OK)
+        st = cu_prepare_kernel(encode_kernel<CU_ENCODE_MAX_TILE>, ctx, "cuda init: encode kernel");
+    return st != HA_OK ? st : cu_encode_rows_prepare(ctx);
 }
 
 /* Checks one encode's arguments and fills its job; *empty when it has nothing to do. */
@@ -301,6 +272,14 @@ static ha_status make_job(const cu_plan *plan, const ha_encode_args *a, encode_j
     for (int i = 0; i < mlp->depth; i++) {
         J->w_off[i] = mlp->w_off[i];
         J->b_off[i] = mlp->b_off[i];
+    }
+    if (mlp->row_storage) {
+        J->row_params = mlp->row_storage;
+        J->row_head_floats = (int32_t)mlp->row_head_floats;
+        for (int i = 0; i < mlp->depth; i++) {
+            J->row_w_off[i] = (int32_t)mlp->row_w_off[i];
+            J->row_b_off[i] = (int32_t)mlp->row_b_off[i];
+        }
     }
     J->heads = mlp->heads;
     J->per_in_head = mlp->heads / a->in.heads;
@@ -338,6 +317,12 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
     }
     if (p.jobs == 0)
         return HA_OK;
+    cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
+    bool rows_fit = true;
+    for (int i = 0; i < p.jobs; i++)
+        rows_fit = rows_fit && cu_encode_row_fits(&p.job[i]);
+    if (rows_fit && (ctx->encode_rows == 1 || (ctx->encode_rows < 0 && most_rows == 1)))
+        return cu_encode_rows_launch(ctx, p.job, p.jobs, stream);
 
     /* rows per block: enough for the batch, but tiles of 8 while their blocks still fit one wave (a
      * block's arithmetic grows with its rows; a block holds a whole head's parameters, so one block
@@ -368,7 +353,6 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
         J->blocks = (int64_t)J->heads * J->tiles;
         blocks += J->blocks;
     }
-    cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
     void (*kernel)(const encode_params) = tile == 1   ? encode_kernel<1>
                                           : tile == 4 ? encode_kernel<4>
                                           : tile == 8 ? encode_kernel<8>

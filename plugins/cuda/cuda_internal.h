@@ -34,6 +34,10 @@
 #define CU_ENCODE_THREADS 256
 /** Most rows (tokens) an encode block runs through the MLP together (each weight read once per tile). */
 #define CU_ENCODE_MAX_TILE 16
+/** Threads of a one-row encode block (16 warps; a code word per warp, so codes of ≤ 16 words) and the
+ *  widest layer (inputs and outputs) it runs: 4 inputs per lane, 8 outputs per warp. */
+#define CU_ENCODE_ROW_THREADS 512
+#define CU_ENCODE_ROW_WIDTH 128
 
 /* ---- objects --------------------------------------------------------------------------------- */
 
@@ -48,6 +52,9 @@ typedef struct cu_ctx {
     /** HASHATTN_CUDA_MATCH_LANES: 1, the one-launch match keeps a histogram per lane wherever the
      *  scores are few (so short test cases run that path too); 0, never; -1 (unset): by chunk length. */
     int match_lanes;
+    /** HASHATTN_CUDA_ENCODE_ROWS: 1, every encode whose MLP fits the one-row kernel runs there (a
+     *  block per row; tests); 0, never; -1 (unset): only launches of one row per job (batch-1 decode). */
+    int encode_rows;
     void (*log)(ha_log_level level, const char *message);
     char description[192];
 } cu_ctx;
@@ -66,6 +73,13 @@ typedef struct cu_mlp {
     int64_t w_off[HA_PLUGIN_MAX_MLP_DEPTH];
     int64_t b_off[HA_PLUGIN_MAX_MLP_DEPTH];
     float *storage;        /**< [heads][head_floats]                            */
+    /** The same parameters output-major for the one-row encode (cuda_encode_row.cu), made only where
+     *  every layer is at most CU_ENCODE_ROW_WIDTH wide (else NULL): per head, layer i's weights
+     *  [out][in rounded up to 4, zero-padded] at row_w_off[i], its biases [out] at row_b_off[i]. */
+    float *row_storage;    /**< [heads][row_head_floats]                        */
+    int64_t row_head_floats;
+    int64_t row_w_off[HA_PLUGIN_MAX_MLP_DEPTH];
+    int64_t row_b_off[HA_PLUGIN_MAX_MLP_DEPTH];
 } cu_mlp;
 
 /** Per-plan scratch, sized in plan_create for the plan's limits so that the stages never allocate. */

@@ -2,8 +2,10 @@
  * cuda_mlp.cu — mapping MLPs in device memory, fp32, one contiguous block per head (see cu_mlp):
  * each layer's weights transposed to [in, out] so that the threads of an encode block, one output
  * each, read consecutive addresses for every input, then its biases. A head's block starts 16-byte
- * aligned so that an encode block can copy it to shared memory with 16-byte copies. One allocation
- * per MLP.
+ * aligned so that an encode block can copy it to shared memory with 16-byte copies. Where every layer
+ * is at most CU_ENCODE_ROW_WIDTH wide, a second copy, output-major with each weight row padded to 4
+ * floats, serves the one-row encode (a warp reads an output's weights as one contiguous row). One
+ * allocation per layout.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,54 @@ static int64_t head_layout(const ha_mlp_desc *desc, int64_t *w_off, int64_t *b_o
         at = round4(at + desc->dims[i + 1]);
     }
     return at;
+}
+
+/* Floats of one head's block in the row layout: layer i's [out][round4(in)] weights at w_off[i], its
+ * biases at b_off[i], each starting at a multiple of 4 floats. */
+static int64_t row_head_layout(const ha_mlp_desc *desc, int64_t *w_off, int64_t *b_off)
+{
+    int64_t at = 0;
+    for (int32_t i = 0; i < desc->depth; i++) {
+        w_off[i] = at;
+        at += round4(desc->dims[i]) * desc->dims[i + 1];
+        b_off[i] = at;
+        at = round4(at + desc->dims[i + 1]);
+    }
+    return at;
+}
+
+/* Both layouts of one head's parameters (desc: [out][in] weights) into its blocks; row: NULL if none. */
+static void fill_head(const cu_mlp *mlp, const ha_mlp_desc *desc, int32_t h, float *block, float *row)
+{
+    for (int32_t i = 0; i < desc->depth; i++) {
+        const size_t in = (size_t)desc->dims[i], outs = (size_t)desc->dims[i + 1];
+        const float *w = desc->w[i] + (size_t)h * outs * in;
+        const float *bias = desc->b[i] + (size_t)h * outs;
+        float *t = block + mlp->w_off[i];
+        for (size_t o = 0; o < outs; o++)
+            for (size_t k = 0; k < in; k++)
+                t[k * outs + o] = w[o * in + k];
+        memcpy(block + mlp->b_off[i], bias, outs * sizeof(float));
+        if (!row)
+            continue;
+        const size_t padded = (size_t)round4((int64_t)in);
+        for (size_t o = 0; o < outs; o++)
+            memcpy(row + mlp->row_w_off[i] + o * padded, w + o * in, in * sizeof(float));
+        memcpy(row + mlp->row_b_off[i], bias, outs * sizeof(float));
+    }
+}
+
+/* A device copy of host[0, floats) in *dev (the host buffer is the caller's). */
+static ha_status upload(const float *host, size_t floats, float **dev)
+{
+    ha_status st = cu_check(cudaMalloc(dev, floats * sizeof(float)), "cuda mlp_upload: cudaMalloc");
+    if (st == HA_OK)
+        st = cu_check(cudaMemcpy(*dev, host, floats * sizeof(float), cudaMemcpyHostToDevice),
+                      "cuda mlp_upload: cudaMemcpy");
+    /* a copy from pageable memory may still be in flight when cudaMemcpy returns */
+    if (st == HA_OK)
+        st = cu_check(cudaStreamSynchronize(0), "cuda mlp_upload: cudaStreamSynchronize");
+    return st;
 }
 
 ha_status cu_mlp_upload(const cu_ctx *ctx, const ha_mlp_desc *desc, cu_mlp **out)
@@ -60,39 +110,33 @@ ha_status cu_mlp_upload(const cu_ctx *ctx, const ha_mlp_desc *desc, cu_mlp **out
         return cu_fail(HA_ERR_UNSUPPORTED, "cuda mlp_upload: layers of width %d → %d need %zu bytes of shared memory "
                        "per block; this device allows %zu", widest_in, widest_out, need, ctx->smem_optin);
     }
-    size_t total = 0;
+    /* the row layout only where every layer is ≤ CU_ENCODE_ROW_WIDTH wide (else row_head_floats 0) */
+    if (widest_in <= CU_ENCODE_ROW_WIDTH && widest_out <= CU_ENCODE_ROW_WIDTH)
+        mlp->row_head_floats = row_head_layout(desc, mlp->row_w_off, mlp->row_b_off);
+    size_t total = 0, row_total = 0;
     if (__builtin_mul_overflow((size_t)desc->heads, (size_t)mlp->head_floats, &total) ||
-        total > SIZE_MAX / sizeof(float)) {
+        __builtin_mul_overflow((size_t)desc->heads, (size_t)mlp->row_head_floats, &row_total) ||
+        total > SIZE_MAX / sizeof(float) || row_total > SIZE_MAX / sizeof(float)) {
         free(mlp);
         return cu_fail(HA_ERR_OVERFLOW, "cuda mlp_upload: the weights overflow the address space");
     }
-
-    float *host = (float *)malloc(total * sizeof(float));
-    if (!host) {
+    const bool rows = row_total > 0;
+    float *host = (float *)calloc(total, sizeof(float));
+    float *row_host = rows ? (float *)calloc(row_total, sizeof(float)) : NULL;
+    if (!host || (rows && !row_host)) {
+        free(host);
+        free(row_host);
         free(mlp);
         return cu_fail(HA_ERR_OUT_OF_MEMORY, "cuda mlp_upload: out of host memory");
     }
-    memset(host, 0, total * sizeof(float));
-    for (int32_t h = 0; h < desc->heads; h++) {
-        float *block = host + (size_t)h * (size_t)mlp->head_floats;
-        for (int32_t i = 0; i < desc->depth; i++) {
-            const size_t in = (size_t)desc->dims[i], outs = (size_t)desc->dims[i + 1];
-            const float *w = desc->w[i] + (size_t)h * outs * in;
-            float *t = block + mlp->w_off[i];
-            for (size_t o = 0; o < outs; o++)
-                for (size_t k = 0; k < in; k++)
-                    t[k * outs + o] = w[o * in + k];
-            memcpy(block + mlp->b_off[i], desc->b[i] + (size_t)h * outs, outs * sizeof(float));
-        }
-    }
-    ha_status st = cu_check(cudaMalloc(&mlp->storage, total * sizeof(float)), "cuda mlp_upload: cudaMalloc");
-    if (st == HA_OK)
-        st = cu_check(cudaMemcpy(mlp->storage, host, total * sizeof(float), cudaMemcpyHostToDevice),
-                      "cuda mlp_upload: cudaMemcpy");
-    /* a copy from pageable memory may still be in flight when cudaMemcpy returns */
-    if (st == HA_OK)
-        st = cu_check(cudaStreamSynchronize(0), "cuda mlp_upload: cudaStreamSynchronize");
+    for (int32_t h = 0; h < desc->heads; h++)
+        fill_head(mlp, desc, h, host + (size_t)h * (size_t)mlp->head_floats,
+                  rows ? row_host + (size_t)h * (size_t)mlp->row_head_floats : NULL);
+    ha_status st = upload(host, total, &mlp->storage);
+    if (st == HA_OK && rows)
+        st = upload(row_host, row_total, &mlp->row_storage);
     free(host);
+    free(row_host);
     if (st != HA_OK) {
         cu_mlp_free(mlp);
         return st;
@@ -106,5 +150,6 @@ void cu_mlp_free(cu_mlp *mlp)
     if (!mlp)
         return;
     cudaFree(mlp->storage);
+    cudaFree(mlp->row_storage);
     free(mlp);
 }

@@ -120,6 +120,8 @@ static ha_status init_device(cu_ctx *ctx)
     ctx->sm90 = prop.major >= 9 && !(portable && portable[0] == '1');
     const char *lanes = getenv("HASHATTN_CUDA_MATCH_LANES");
     ctx->match_lanes = lanes && (lanes[0] == '0' || lanes[0] == '1') ? lanes[0] - '0' : -1;
+    const char *rows = getenv("HASHATTN_CUDA_ENCODE_ROWS");
+    ctx->encode_rows = rows && (rows[0] == '0' || rows[0] == '1') ? rows[0] - '0' : -1;
     snprintf(ctx->description, sizeof ctx->description, "%.100s (device %d, sm_%d%d, %d SMs, %.0f GiB), CUDA runtime %d.%d%s",
              prop.name, ctx->device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), CUDART_VERSION / 1000,
