@@ -87,8 +87,8 @@ static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(con
     for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
         int64_t local;
         const encode_job &J = encode_item(p.job, item, &local);
-        const int32_t m = (int32_t)(local / J.tiles);
-        const int64_t tile = local % J.tiles;
+        int64_t tile;
+        const int32_t m = (int32_t)encode_div(local, J.tiles, &tile);
         const float *params = J.params + (int64_t)m * J.head_floats;
 
         __syncthreads(); /* the previous item is done with shared memory */

@@ -98,8 +98,8 @@ static __global__ void __launch_bounds__(CU_ENCODE_ROW_THREADS, 1) encode_row_ke
     for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
         int64_t local;
         const encode_job &J = encode_item(p.job, item, &local);
-        const int32_t m = (int32_t)(local / J.rows);
-        const int64_t rho = local % J.rows;
+        int64_t rho;
+        const int32_t m = (int32_t)encode_div(local, J.rows, &rho);
         const float *P = J.row_params + (int64_t)m * J.row_head_floats;
 
         /* the weights are constant: on their way while the stream's previous kernel finishes */
