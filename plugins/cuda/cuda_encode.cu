@@ -13,9 +13,9 @@
  * packs the signs 32 at a time with a warp ballot.
  *
  * One launch can run two jobs (the new keys and the queries of a decode step): the blocks of job 0
- * come first. Where every job has one row (the decode step at batch 1) the launch goes to the one-row
- * kernel instead (cuda_encode_row.cu; HASHATTN_CUDA_ENCODE_ROWS=1 sends every launch that fits it
- * there, =0 none, for tests and comparisons).
+ * come first. Where a block per (head, row) fits one wave (the decode step at batch 1, small batches)
+ * the launch goes to the one-row kernel instead (cuda_encode_row.cu; HASHATTN_CUDA_ENCODE_ROWS=1 sends
+ * every launch whose MLP fits it there, =0 none, for tests and comparisons).
  */
 #include "cuda_encode.cuh"
 
@@ -318,10 +318,15 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
     if (p.jobs == 0)
         return HA_OK;
     cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
+    /* one block per (head, row) while those blocks fit one wave (one per SM): the batch-1 decode step,
+     * and small batches of one new token */
     bool rows_fit = true;
-    for (int i = 0; i < p.jobs; i++)
+    int64_t row_blocks = 0;
+    for (int i = 0; i < p.jobs; i++) {
         rows_fit = rows_fit && cu_encode_row_fits(&p.job[i]);
-    if (rows_fit && (ctx->encode_rows == 1 || (ctx->encode_rows < 0 && most_rows == 1)))
+        row_blocks += (int64_t)p.job[i].heads * p.job[i].rows;
+    }
+    if (rows_fit && (ctx->encode_rows == 1 || (ctx->encode_rows < 0 && row_blocks <= ctx->sm_count)))
         return cu_encode_rows_launch(ctx, p.job, p.jobs, stream);
 
     /* rows per block: enough for the batch, but tiles of 8 while their blocks still fit one wave (a

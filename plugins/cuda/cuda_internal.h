@@ -53,7 +53,7 @@ typedef struct cu_ctx {
      *  scores are few (so short test cases run that path too); 0, never; -1 (unset): by chunk length. */
     int match_lanes;
     /** HASHATTN_CUDA_ENCODE_ROWS: 1, every encode whose MLP fits the one-row kernel runs there (a
-     *  block per row; tests); 0, never; -1 (unset): only launches of one row per job (batch-1 decode). */
+     *  block per row; tests); 0, never; -1 (unset): where a block per (head, row) fits one wave. */
     int encode_rows;
     void (*log)(ha_log_level level, const char *message);
     char description[192];
