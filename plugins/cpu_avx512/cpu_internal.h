@@ -226,6 +226,8 @@ typedef struct cpu_plan {
     int64_t cand_cap;
     size_t cand_idx_offset;
     size_t cand_score_offset;
+    /* a cpu_match_sched of the thread's own (own cache line) */
+    size_t match_sched_offset;
 
     /* match split across threads: per (item, chunk) slot a histogram of max_score + 1 counters,
      * then per slot an int64 offset, per item an int64 tie start and a uint32 threshold */
@@ -244,6 +246,17 @@ typedef struct cpu_plan {
 static inline char *cpu_thread_scratch(const cpu_plan *p, int thread)
 {
     return p->scratch + (size_t)thread * p->thread_stride;
+}
+
+/** A thread's match scheduling state, kept in its scratch between calls. */
+typedef struct cpu_match_sched {
+    int64_t next;        /**< the next item of the thread's block not yet taken (by it or a thief) */
+    uint32_t floor_hint; /**< the thread's last candidate floor hint (0 in a new plan)             */
+} cpu_match_sched;
+
+static inline cpu_match_sched *cpu_thread_match_sched(const cpu_plan *p, int thread)
+{
+    return (cpu_match_sched *)(void *)(cpu_thread_scratch(p, thread) + p->match_sched_offset);
 }
 
 /* ---- errors and stage drivers -------------------------------------------------------------------- */

@@ -439,26 +439,41 @@ ha_status cpu_match(const cpu_ctx *ctx, const cpu_plan *plan, const ha_match_arg
         match_split(ctx, plan, a, max_score, splits);
         return HA_OK;
     }
-    /* Each thread takes a contiguous block of items, so that each item's candidate floor starts from
-     * its neighbour's threshold. */
+    /* Each thread takes the items of its own contiguous block in order, so that each item's candidate
+     * floor starts from its neighbour's threshold; a thread done with its block takes the next items
+     * of the others' (one atomic counter per block), so no thread waits long at the end (at B = 4 one
+     * thread's block took 35 µs longer than the other's, measured with rdtsc). */
     const int64_t items = (int64_t)a->batch * a->sel_heads;
+    const int blocks = plan->threads;
+    for (int t = 0; t < blocks; t++)
+        __atomic_store_n(&cpu_thread_match_sched(plan, t)->next, items * t / blocks, __ATOMIC_RELAXED);
 #pragma omp parallel num_threads(plan->threads)
     {
-        const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
-        uint32_t floor_hint = 0;
+        const int tid = omp_get_thread_num();
+        /* The thread's last threshold of the previous call (the same layer's heads at the previous
+         * step, or another layer's: close either way): without it each call's first item gathered
+         * with floor 0 until the candidates were thinned. Only a starting guess, clamped to range. */
+        cpu_match_sched *own = cpu_thread_match_sched(plan, tid);
+        uint32_t floor_hint = own->floor_hint < (uint32_t)max_score ? own->floor_hint : (uint32_t)max_score;
         deferred_compact pending[2] = { { 0 }, { 0 } };
-        for (int64_t item = items * tid / threads; item < items * (tid + 1) / threads; item++) {
-            const int buffer = (int)(item & 1); /* the previous item's candidates stay in the other */
-            match_job job = make_job(ctx, plan, a, item, buffer);
-            job.pending = &pending[1 - buffer];
-            job.defer = &pending[buffer];
-            job.floor_hint = floor_hint;
-            item_geometry g = geometry(plan, a, job.b);
-            a->counts[item] = (int32_t)select_one(&job, &g, max_score, a->indices + item * a->index_stride);
-            floor_hint = job.floor_hint;
+        int buffer = 0; /* the previous item's candidates stay in the other */
+        for (int v = 0; v < blocks; v++) {
+            const int owner = (tid + v) % blocks;
+            const int64_t end = items * (owner + 1) / blocks;
+            int64_t *next = &cpu_thread_match_sched(plan, owner)->next;
+            for (int64_t item; (item = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) < end; buffer = 1 - buffer) {
+                match_job job = make_job(ctx, plan, a, item, buffer);
+                job.pending = &pending[1 - buffer];
+                job.defer = &pending[buffer];
+                job.floor_hint = floor_hint;
+                item_geometry g = geometry(plan, a, job.b);
+                a->counts[item] = (int32_t)select_one(&job, &g, max_score, a->indices + item * a->index_stride);
+                floor_hint = job.floor_hint;
+            }
         }
         run_compact(ctx->k, &pending[0]);
         run_compact(ctx->k, &pending[1]);
+        own->floor_hint = floor_hint;
     }
     return HA_OK;
 }

@@ -62,6 +62,7 @@ ha_status cpu_plan_create(cpu_ctx *ctx, const ha_plan_desc *desc, cpu_plan **out
             p->cand_idx_offset = take(&slice, 2 * (size_t)p->cand_cap * sizeof(int32_t));
             p->cand_score_offset = take(&slice, 2 * (size_t)p->cand_cap);
         }
+        p->match_sched_offset = take(&slice, 64); /* a line of its own: other threads take from it */
     }
     p->group = desc->q_heads / desc->kv_heads;
     p->dim_pad = (int32_t)cpu_round_up(desc->head_dim, 16);
