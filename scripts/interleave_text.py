@@ -29,13 +29,17 @@ def blocks(data: bytes, size: int) -> list[bytes]:
 
 def main() -> int:
     if len(sys.argv) < 3 or not sys.argv[1].isdigit() or int(sys.argv[1]) < 1:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print("usage: " + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     size = int(sys.argv[1])
     per_file = []
     for name in sys.argv[2:]:
-        with open(name, "rb") as f:
-            data = f.read()
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            print(f"interleave_text.py: {name}: {e.strerror}", file=sys.stderr)
+            return 1
         if not data.endswith(b"\n"):
             data += b"\n"
         # Every block ends in a blank line, so that two sources never run into one paragraph.
