@@ -7,7 +7,8 @@
 #      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card) and with
 #      HASHATTN_CUDA_MATCH_LANES=1 (the match's per-lane histograms, which the long chunks of the
 #      benchmark shapes use, on the suite's short ones) and with HASHATTN_CUDA_ENCODE_ROWS=1 (the
-#      one-row encode, which the batch-1 decode steps use, on every encode of the suite);
+#      one-row encode, which the batch-1 decode steps use, on every encode of the suite) and with
+#      HASHATTN_CUDA_FUSED=1 and =0 (the decode step in one launch wherever it applies; never);
 #   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then
 #      the paper's configuration (--config paper: MHA 32 heads, fp16, top-k n/32) unless PAPER_SHAPES=none;
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
@@ -94,6 +95,19 @@ step "conformance, HASHATTN_CUDA_MATCH_LANES=1" 180 env HASHATTN_BACKEND=cuda HA
 step "conformance, HASHATTN_CUDA_ENCODE_ROWS=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
+for fused in 1 0; do
+  step "conformance, HASHATTN_CUDA_FUSED=$fused" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_FUSED=$fused \
+    HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
+done
+ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+# that the suite's decode steps do take the fused kernel: the fused-* cases of both modes (groups of 1 and 4)
+[ -n "$ncu" ] && step "fused kernel ran in conformance (ncu)" 90 bash -c "env HASHATTN_BACKEND=cuda \
+  HASHATTN_CUDA_FUSED=1 HASHATTN_PLUGIN_PATH='$build/plugins/cuda' HASHATTN_LOG=error \
+  HASHATTN_TEST_CASES=fused- '$ncu' --kernel-name regex:decode_fused --launch-count 20 \
+  --section LaunchStats '$build/tests/conformance' >'$work/ncu_fused.txt' 2>&1; grep -o 'decode_fused_kernel<[0-9]' \
+  '$work/ncu_fused.txt' | sort | uniq -c; tail -5 '$work/ncu_fused.txt'; grep -q 'decode_fused_kernel<1' '$work/ncu_fused.txt' &&
+  grep -q 'decode_fused_kernel<4' '$work/ncu_fused.txt'"
+
 modes=${BENCH_MODES:+--modes $BENCH_MODES}
 for entry in "${baselines[@]}"; do
   i=${entry%%:*} base=$work/baseline${entry%%:*}
@@ -132,10 +146,9 @@ if [ "${PAPER_SHAPES:-}" != none ]; then
     --json "$out/results_cuda_paper.json"
 fi
 
-ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$ncu" ]; then
   step "ncu (one step per mode)" 120 "$ncu" --profile-from-start off --clock-control none \
-    --kernel-name regex:'encode|match|attend' $(for s in ${NCU_SECTIONS:-SpeedOfLight}; do echo --section "$s"; done) \
+    --kernel-name regex:'encode|match|attend|fused' $(for s in ${NCU_SECTIONS:-SpeedOfLight}; do echo --section "$s"; done) \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
     --log-file "$out/ncu.txt" python3 bench/bench_cuda.py --build "$build" --profile \
     --shapes "${PROFILE_SHAPE:-1x131072}" --sparsities 32 --json "$work/profile.json"

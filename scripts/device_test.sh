@@ -6,7 +6,8 @@
 #   2. meson test: every suite; the cuda conformance suite and the CUDA-graph test must run (a SKIP
 #      there is a failure: this machine has a GPU);
 #   3. the cuda conformance suite once more with HASHATTN_CUDA_ENCODE_ROWS=1 (every encode through the
-#      one-row kernel, which the batch-1 decode steps use);
+#      one-row kernel, which the batch-1 decode steps use), and with HASHATTN_CUDA_FUSED=1 and =0 (the
+#      decode step in one launch wherever it applies; never);
 #   4. compute-sanitizer on the cuda backend: memcheck over the whole conformance suite and the graph
 #      test; racecheck, synccheck and initcheck over a subset of cases (HASHATTN_SANITIZE_CASES,
 #      substrings of case names separated by spaces).
@@ -70,6 +71,10 @@ done
 plugins=$build/plugins/cuda:$build/plugins/cpu_avx512
 step "conformance-cuda, HASHATTN_CUDA_ENCODE_ROWS=1" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
   HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
+for fused in 1 0; do
+  step "conformance-cuda, HASHATTN_CUDA_FUSED=$fused" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_FUSED=$fused \
+    HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
+done
 # san SECONDS TOOL CASES PROGRAM: PROGRAM on the cuda backend under compute-sanitizer, stopped after
 # SECONDS (exit 124); CASES filters the conformance cases by name ("" = all); SAN_ENV: VAR=VALUE words.
 san() {
@@ -92,6 +97,12 @@ else
     "$build/tests/conformance"
   step "synccheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 40 synccheck "$first" \
     "$build/tests/conformance"
+  # the cases whose decode steps run the fused kernel (cuda_decode_fused.cu), and the graph test
+  san_fused() { SAN_ENV=HASHATTN_CUDA_FUSED=1 san "$@"; }
+  for tool in memcheck racecheck synccheck; do
+    step "$tool: conformance *fused-*, HASHATTN_CUDA_FUSED=1" san_fused 90 "$tool" "fused-" "$build/tests/conformance"
+    step "$tool: test_cuda_graph, HASHATTN_CUDA_FUSED=1" san_fused 60 "$tool" "" "$build/tests/test_cuda_graph"
+  done
 fi
 
 say ""

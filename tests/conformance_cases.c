@@ -325,6 +325,33 @@ int conf_build_cases(conf_case *out)
     c.extra_batch = 3;
     c.extra_tokens = 5;
     out[n++] = c;
+
+    /* shapes the CUDA fused decode step takes (cuda_decode_fused.cu: code-cache rows of a multiple of 4
+     * tokens, i.e. the longest sequence + 2; 16-byte K/V rows; MLPs ≤ 128 wide; local ≥ new tokens):
+     * paper and group mode, a sequence kept whole, several new tokens per step */
+    c = base_case("fused-paper-bf16");
+    c.q_heads = 32;
+    c.kv_heads = 8;
+    c.head_dim = 128;
+    c.hidden = 128;
+    c.q_dtype = c.kv_dtype = c.out_dtype = HA_BF16;
+    c.sink = 16;
+    c.local = 64;
+    c.decode_steps = 2;
+    SET_LENS(c, 1022, 130);
+    out[n++] = c;
+    c.group_mode = 1;
+    snprintf(c.name, sizeof c.name, "fused-group-bf16");
+    SET_LENS(c, 1022, 61);
+    out[n++] = c;
+    c = base_case("fused-multi-token-group-f16");
+    c.head_dim = 64;
+    c.group_mode = 1;
+    c.q_dtype = c.kv_dtype = c.out_dtype = HA_F16;
+    c.new_tokens = 3;
+    c.decode_steps = 3;
+    SET_LENS(c, 510, 33);
+    out[n++] = c;
     return n;
 }
 

@@ -14,119 +14,7 @@
  * split's (m, l, sums) go to the plan's scratch and the last split of the unit to finish (a counter
  * per unit) merges them all by their log-sum-exp and writes the output.
  */
-#include <cuda_fp16.h>
-#include <math.h>
-
-#include "cuda_device.cuh"
-
-/* Tokens whose K and V row offsets a block stages in shared memory at a time. */
-#define CU_ATTEND_STAGE 512
-
-typedef struct attend_params {
-    ha_rows q;
-    ha_rows k;
-    ha_rows v;
-    const int32_t *seq_lens;
-    const int32_t *indices;
-    int64_t index_stride;
-    const int32_t *counts;
-    int32_t batch;
-    int32_t q_heads;
-    int32_t group;         /**< query heads per KV head             */
-    int32_t sel_heads;
-    int32_t per_sel;       /**< query heads per index row            */
-    int32_t head_dim;
-    int32_t unit_heads;    /**< query heads of one block             */
-    int32_t units_per_seq;
-    int32_t splits;
-    int32_t lanes_per_row; /**< a power of two ≤ 32                  */
-    float scale_log2;      /**< scale × log2(e): logits in base 2    */
-    void *out;
-    ha_dtype out_dtype;
-    int64_t out_stride_seq;
-    int64_t out_stride_head;
-    float *lse;
-    float *partials;       /**< [batch × q_heads][splits][head_dim + 2] when splits > 1 */
-    uint32_t *arrived;     /**< [units]: splits done                 */
-    int64_t max_tokens;
-} attend_params;
-
-/* ---- loading K, V: VEC elements of dtype DT at once, as floats ------------------------------------------ */
-
-template <int DT, int VEC> struct kv_load;
-
-template <> struct kv_load<HA_F32, 4> {
-    typedef float4 raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const float4 *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f)
-    {
-        f[0] = r.x;
-        f[1] = r.y;
-        f[2] = r.z;
-        f[3] = r.w;
-    }
-};
-
-/* 8 half-precision values in 4 words; bf16 is the top half of an fp32 */
-template <> struct kv_load<HA_BF16, 8> {
-    typedef uint4 raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const uint4 *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f)
-    {
-        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __uint_as_float(w[i] << 16);
-            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-    }
-};
-
-template <> struct kv_load<HA_F16, 8> {
-    typedef uint4 raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const uint4 *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f)
-    {
-        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float2 x = __half22float2(*(const __half2 *)&w[i]);
-            f[2 * i] = x.x;
-            f[2 * i + 1] = x.y;
-        }
-    }
-};
-
-template <> struct kv_load<HA_F32, 1> {
-    typedef float raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const float *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = r; }
-};
-
-template <> struct kv_load<HA_BF16, 1> {
-    typedef unsigned short raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const unsigned short *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = __uint_as_float((uint32_t)r << 16); }
-};
-
-template <> struct kv_load<HA_F16, 1> {
-    typedef unsigned short raw;
-    static __device__ __forceinline__ raw load(const void *p) { return __ldg((const unsigned short *)p); }
-    static __device__ __forceinline__ void unpack(const raw &r, float *f) { f[0] = __half2float(__ushort_as_half(r)); }
-};
-
-static __device__ __forceinline__ void store_out(const attend_params &p, int32_t b, int32_t h, int32_t i, float x)
-{
-    void *row = (char *)p.out + (b * p.out_stride_seq + h * p.out_stride_head) * (int64_t)ha_elem_size(p.out_dtype);
-    cu_store_f32(row, p.out_dtype, i, x);
-}
-
-/* Shared memory of a block (floats): the staged K and V offsets, then per slot its (m, l) and sums of every head, then the
- * split weights of the final merge. */
-static __host__ __device__ __forceinline__ size_t attend_smem_floats(int32_t slots, int32_t heads, int32_t dim)
-{
-    return 4 * CU_ATTEND_STAGE + (size_t)slots * heads * (dim + 2) + (size_t)CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2);
-}
+#include "cuda_attend.cuh"
 
 /* ---- the merges ---------------------------------------------------------------------------------------- */
 
@@ -177,34 +65,22 @@ static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h
 /* ---- the kernel ---------------------------------------------------------------------------------------- */
 
 /*
- * DT: dtype of K and V; VEC: elements per load (16 bytes, or 1); HMAX: most heads per unit; U: rows
- * a lane group has in flight; MIN_BLOCKS: blocks per SM the registers must allow.
+ * DT, VEC, HMAX, U: see attend_rows; MIN_BLOCKS: blocks per SM the registers must allow.
  */
 template <int DT, int VEC, int HMAX, int U, int MIN_BLOCKS>
 static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_kernel(const attend_params p)
 {
-    typedef kv_load<DT, VEC> io;
-    constexpr int NV = CU_ATTEND_LANE_ELEMS / VEC; /* loads per row per lane */
-    constexpr int E = NV * VEC;                    /* elements per lane      */
     extern __shared__ __align__(16) float smem[];
     __shared__ float total_s[CU_ATTEND_MAX_HEADS], top_s[CU_ATTEND_MAX_HEADS];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-    const int d = p.head_dim, H = p.unit_heads, LPR = p.lanes_per_row, RPW = 32 / LPR;
-    const int sub = lane & (LPR - 1), row_in_step = lane / LPR, slots = warps * RPW, slot = warp * RPW + row_in_step;
-    const int vpr = d / VEC; /* loads per row */
-    int64_t *k_off = (int64_t *)smem, *v_off = k_off + CU_ATTEND_STAGE; /* bytes from k.data, v.data; -1: none */
-    float *slot_ml = smem + 4 * CU_ATTEND_STAGE; /* [slots][H][2]  */
-    float *slot_acc = slot_ml + slots * H * 2;  /* [slots][H][d]  */
-    float *weight = slot_acc + slots * H * d;   /* [HMAX][MAX_SPLITS] */
-    const size_t q_elem = ha_elem_size(p.q.dtype), kv_elem = ha_elem_size((ha_dtype)DT);
-    const char *k_data = (const char *)p.k.data, *v_data = (const char *)p.v.data;
     const int64_t work = (int64_t)p.batch * p.units_per_seq * p.splits;
+    const attend_layout lay = attend_lane_layout(p);
     cu_let_next_grid_start();
     cu_wait_prior_grids(); /* the index lists of the match stage */
 
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
         const int64_t unit = w / p.splits;
         const int32_t split = (int32_t)(w % p.splits);
+        const int32_t H = p.unit_heads;
         const int32_t b = (int32_t)(unit / p.units_per_seq), h0 = (int32_t)(unit % p.units_per_seq) * H;
         const int32_t kv_head = h0 / p.group;
         const int64_t n = cu_clamp_len(p.seq_lens[b], p.max_tokens);
@@ -216,153 +92,12 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
             len = cu_clamp_len(p.counts[row], p.index_stride);
         }
         const int64_t p0 = len * split / p.splits, p1 = len * (split + 1) / p.splits;
-
-        /* this lane's elements of each query, scaled to base-2 logits */
-        float q[HMAX][E], acc[HMAX][E], m[HMAX], l[HMAX];
-#pragma unroll
-        for (int h = 0; h < HMAX; h++) {
-            const void *qrow = cu_row(p.q, q_elem, b, h0 + (h < H ? h : 0), 0);
-#pragma unroll
-            for (int c = 0; c < NV; c++) {
-                const int vi = c * LPR + sub;
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    q[h][c * VEC + j] = h < H && vi < vpr ? cu_load_f32(qrow, p.q.dtype, vi * VEC + j) * p.scale_log2 : 0.0f;
-            }
-#pragma unroll
-            for (int e = 0; e < E; e++)
-                acc[h][e] = 0.0f;
-            m[h] = -INFINITY;
-            l[h] = 0.0f;
-        }
-
-        for (int64_t stage = p0; stage < p1; stage += CU_ATTEND_STAGE) {
-            const int sn = p1 - stage < CU_ATTEND_STAGE ? (int)(p1 - stage) : CU_ATTEND_STAGE;
-            __syncthreads(); /* the staged offsets are free again */
-            for (int i = tid; i < sn; i += blockDim.x) { /* an index outside [0, n) is skipped, never read */
-                const int64_t t = list ? list[stage + i] : stage + i;
-                const bool ok = t >= 0 && t < n;
-                k_off[i] = ok ? cu_rows_offset(p.k, b, kv_head, t) * (int64_t)kv_elem : -1;
-                v_off[i] = ok ? cu_rows_offset(p.v, b, kv_head, t) * (int64_t)kv_elem : -1;
-            }
-            __syncthreads();
-#pragma unroll 1
-            for (int i0 = warp * RPW * U; i0 < sn; i0 += warps * RPW * U) {
-                bool has[U];
-                typename io::raw kr[U][NV], vr[U][NV];
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    const int i = i0 + u * RPW + row_in_step;
-                    const int64_t ko = i < sn ? k_off[i] : -1, vo = i < sn ? v_off[i] : -1;
-                    has[u] = ko >= 0;
-#pragma unroll
-                    for (int c = 0; c < NV; c++) {
-                        const int vi = c * LPR + sub;
-                        kr[u][c] = typename io::raw{};
-                        vr[u][c] = typename io::raw{};
-                        if (has[u] && vi < vpr) {
-                            kr[u][c] = io::load(k_data + ko + (size_t)vi * VEC * kv_elem);
-                            vr[u][c] = io::load(v_data + vo + (size_t)vi * VEC * kv_elem);
-                        }
-                    }
-                }
-                /* logits: the lane's partial dot products, summed over the row's lanes */
-                float s[U][HMAX];
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    float kf[E];
-#pragma unroll
-                    for (int c = 0; c < NV; c++)
-                        io::unpack(kr[u][c], kf + c * VEC);
-#pragma unroll
-                    for (int h = 0; h < HMAX; h++) {
-                        float x = 0.0f;
-#pragma unroll
-                        for (int e = 0; e < E; e++)
-                            x = fmaf(q[h][e], kf[e], x);
-                        s[u][h] = x;
-                    }
-                }
-                for (int o = LPR >> 1; o > 0; o >>= 1) {
-#pragma unroll
-                    for (int u = 0; u < U; u++)
-#pragma unroll
-                        for (int h = 0; h < HMAX; h++)
-                            s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
-                }
-                /* online softmax of this slot: rescale by 2^(m_old − m_new), weights 2^(s − m_new) */
-                float pw[U][HMAX];
-#pragma unroll
-                for (int h = 0; h < HMAX; h++) {
-                    float mx = m[h];
-#pragma unroll
-                    for (int u = 0; u < U; u++)
-                        if (has[u])
-                            mx = fmaxf(mx, s[u][h]);
-                    const float alpha = m[h] == -INFINITY ? 0.0f : exp2f(m[h] - mx);
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int u = 0; u < U; u++) {
-                        pw[u][h] = has[u] ? exp2f(s[u][h] - mx) : 0.0f;
-                        sum += pw[u][h];
-                    }
-                    l[h] = l[h] * alpha + sum;
-                    m[h] = mx;
-#pragma unroll
-                    for (int e = 0; e < E; e++)
-                        acc[h][e] *= alpha;
-                }
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    float vf[E];
-#pragma unroll
-                    for (int c = 0; c < NV; c++)
-                        io::unpack(vr[u][c], vf + c * VEC);
-#pragma unroll
-                    for (int h = 0; h < HMAX; h++)
-#pragma unroll
-                        for (int e = 0; e < E; e++)
-                            acc[h][e] = fmaf(pw[u][h], vf[e], acc[h][e]);
-                }
-            }
-        }
-
-        /* merge the block's slots */
-        __syncthreads(); /* the previous unit's merge is done with the slot area */
-#pragma unroll
-        for (int h = 0; h < HMAX; h++) {
-            if (h >= H)
-                break;
-            if (sub == 0) {
-                slot_ml[(slot * H + h) * 2] = m[h];
-                slot_ml[(slot * H + h) * 2 + 1] = l[h];
-            }
-#pragma unroll
-            for (int c = 0; c < NV; c++) {
-                const int vi = c * LPR + sub;
-                if (vi < vpr) {
-#pragma unroll
-                    for (int j = 0; j < VEC; j++)
-                        slot_acc[(slot * H + h) * d + vi * VEC + j] = acc[h][c * VEC + j];
-                }
-            }
-        }
-        __syncthreads();
-        for (int e = tid; e < H * d; e += blockDim.x) {
+        attend_rows<DT, VEC, HMAX, U>(p, lay, smem, b, h0, kv_head, n, list, p0, p1);
+        const int d = p.head_dim;
+        for (int e = threadIdx.x; e < H * d; e += blockDim.x) {
             const int h = e / d, i = e % d;
-            float M = -INFINITY;
-            for (int k = 0; k < slots; k++)
-                if (slot_ml[(k * H + h) * 2 + 1] > 0.0f)
-                    M = fmaxf(M, slot_ml[(k * H + h) * 2]);
-            float L = 0.0f, A = 0.0f;
-            for (int k = 0; k < slots; k++) {
-                const float lk = slot_ml[(k * H + h) * 2 + 1];
-                if (lk > 0.0f) {
-                    const float wk = exp2f(slot_ml[(k * H + h) * 2] - M);
-                    L = fmaf(wk, lk, L);
-                    A = fmaf(wk, slot_acc[(k * H + h) * d + i], A);
-                }
-            }
+            float M, L, A;
+            attend_slot_merge(p, smem, h, i, &M, &L, &A);
             if (p.splits == 1) {
                 store_out(p, b, h0 + h, i, L > 0.0f ? A / L : 0.0f);
                 if (i == 0 && p.lse)
@@ -379,8 +114,11 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
         if (p.splits == 1)
             continue;
         /* the last split of the unit to get here merges them */
-        if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits))
-            merge_splits(p, b, h0, weight, total_s, top_s);
+        if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits)) {
+            const int slots = (blockDim.x >> 5) * (32 / p.lanes_per_row);
+            merge_splits(p, b, h0, smem + attend_smem_floats(slots, H, d) - CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2),
+                         total_s, top_s);
+        }
     }
 }
 
@@ -396,13 +134,13 @@ static attend_kernel_fn pick(int32_t heads)
         (void)heads;
         return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 1, 1>;
     } else {
-        if (heads <= 1) /* fp32 rows take twice the registers */
-            return attend_kernel<DT, VEC, 1, DT == HA_F32 ? 4 : 8, 2>;
+        if (heads <= 1)
+            return attend_kernel<DT, VEC, 1, attend_rows_in_flight<DT, 1>(), 2>;
         if (heads <= 2)
-            return attend_kernel<DT, VEC, 2, 4, 2>;
+            return attend_kernel<DT, VEC, 2, attend_rows_in_flight<DT, 2>(), 2>;
         if (heads <= 4)
-            return attend_kernel<DT, VEC, 4, 2, 2>;
-        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 2, 1>;
+            return attend_kernel<DT, VEC, 4, attend_rows_in_flight<DT, 4>(), 2>;
+        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, attend_rows_in_flight<DT, CU_ATTEND_MAX_HEADS>(), 1>;
     }
 }
 
@@ -456,8 +194,10 @@ ha_status cu_attend_prepare(const cu_ctx *ctx)
     return st;
 }
 
-ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a)
+ha_status cu_attend_params(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a, attend_params *out,
+                           bool *vector_out)
 {
+    (void)ctx;
     if (a->q_heads < 1 || a->kv_heads < 1 || a->q_heads % a->kv_heads != 0 || a->head_dim < 1 ||
         (a->indices && (a->sel_heads < 1 || a->q_heads % a->sel_heads != 0)))
         return cu_fail(HA_ERR_SHAPE, "cuda attend: q_heads %d, kv_heads %d, sel_heads %d, head_dim %d do not fit "
@@ -470,10 +210,7 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     if (a->k.dtype != a->v.dtype)
         return cu_fail(HA_ERR_UNSUPPORTED, "cuda attend: K and V of different dtypes (%d, %d)", (int)a->k.dtype,
                        (int)a->v.dtype);
-    if (a->batch <= 0)
-        return HA_OK;
-
-    attend_params p;
+    attend_params &p = *out;
     memset(&p, 0, sizeof p);
     p.q = a->q;
     p.k = a->k;
@@ -511,6 +248,17 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     while (p.lanes_per_row * loads_per_lane < loads_per_row)
         p.lanes_per_row <<= 1; /* ≤ 32: head_dim ≤ CU_MAX_HEAD_DIM (plan_create) */
 
+    *vector_out = vector;
+    return HA_OK;
+}
+
+ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a)
+{
+    attend_params p;
+    bool vector = false;
+    ha_status st = cu_attend_params(ctx, plan, a, &p, &vector);
+    if (st != HA_OK || a->batch <= 0)
+        return st;
     const int64_t units = (int64_t)a->batch * p.units_per_seq;
     const int64_t longest = a->indices && a->index_stride < p.max_tokens ? a->index_stride : p.max_tokens;
     p.splits = cu_attend_splits(plan, units, longest);

@@ -247,8 +247,7 @@ ha_status cu_encode_prepare(const cu_ctx *ctx)
     return st != HA_OK ? st : cu_encode_rows_prepare(ctx);
 }
 
-/* Checks one encode's arguments and fills its job; *empty when it has nothing to do. */
-static ha_status make_job(const cu_plan *plan, const ha_encode_args *a, encode_job *J, bool *empty)
+ha_status cu_encode_job(const cu_plan *plan, const ha_encode_args *a, encode_job *J, bool *empty)
 {
     const cu_mlp *mlp = (const cu_mlp *)a->mlp;
     if (!mlp || a->in.heads < 1 || mlp->heads % a->in.heads != 0 || a->in.dim < mlp->dims[0] || a->out.dim < 1 ||
@@ -305,7 +304,7 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
         if (!args[i])
             continue;
         bool empty = true;
-        ha_status st = make_job(plan, args[i], &p.job[p.jobs], &empty);
+        ha_status st = cu_encode_job(plan, args[i], &p.job[p.jobs], &empty);
         if (st != HA_OK)
             return st;
         if (empty)

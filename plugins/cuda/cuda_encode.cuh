@@ -91,6 +91,8 @@ static inline bool cu_encode_row_fits(const encode_job *J)
     return J->row_params && J->words <= CU_ENCODE_ROW_THREADS / 32;
 }
 
+/** Checks one encode's arguments and fills its job; *empty when it has nothing to do. */
+CU_HIDDEN ha_status cu_encode_job(const cu_plan *plan, const ha_encode_args *a, encode_job *J, bool *empty);
 /** Launches the one-row kernel: a block per (job, head, row) of the jobs (1 or 2). */
 CU_HIDDEN ha_status cu_encode_rows_launch(const cu_ctx *ctx, const encode_job *jobs, int32_t count,
                                           cudaStream_t stream);

@@ -17,81 +17,17 @@
  *     activations on through shared memory (two buffers);
  *   - the last layer's outputs become code bits by one warp ballot per word.
  */
-#include "cuda_encode.cuh"
-
-#define ROW_WARPS (CU_ENCODE_ROW_THREADS / 32)
-#define ROW_SLOTS (CU_ENCODE_ROW_WIDTH / ROW_WARPS) /* outputs per warp and layer */
-static_assert(ROW_SLOTS == 8, "reduce_slots halves 8 sums three times");
-static_assert(CU_ENCODE_ROW_WIDTH == 4 * 32, "a lane holds 4 inputs of a layer");
+#include "cuda_encode_row.cuh"
 
 typedef struct encode_row_params {
     encode_job job[2];
     int32_t jobs;
 } encode_row_params;
 
-/* One layer as one lane holds it: the lane's 4 inputs of the warp's output slots, and the bias of the
- * slot the lane holds after reduce_slots. */
-struct row_layer {
-    float4 w[ROW_SLOTS];
-    float bias;
-};
-
-/* Output of slot j in warp `warp`; the slot lane `lane` holds after reduce_slots. */
-static __device__ __forceinline__ int slot_output(int j, int warp)
-{
-    return j * ROW_WARPS + warp;
-}
-
-static __device__ __forceinline__ int lane_slot(int lane)
-{
-    return (lane >> 2) & (ROW_SLOTS - 1);
-}
-
-/* Issues the loads of layer l of the head at P (row layout) into L; nothing waits for them here. */
-static __device__ __forceinline__ void load_layer(const float *P, const encode_job &J, int l, int warp, int lane,
-                                                  row_layer &L)
-{
-    const int I = J.dims[l], O = J.dims[l + 1], KP = (I + 3) & ~3;
-    const bool mine = 4 * lane < KP;
-    const float *W = P + J.row_w_off[l] + 4 * lane;
-#pragma unroll
-    for (int j = 0; j < ROW_SLOTS; j++) {
-        const int o = slot_output(j, warp);
-        L.w[j] = mine && o < O ? __ldg((const float4 *)(W + o * KP)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-    const int o = slot_output(lane_slot(lane), warp);
-    L.bias = o < O ? __ldg(P + J.row_b_off[l] + o) : 0.0f;
-}
-
-/* v[j]: this lane's part of slot j's sum. Returns, in lanes 4s..4s+3, the warp's sum of slot s
- * (s = lane_slot(lane)): each halving step keeps half of the slots and adds the partner lane's part of
- * them, 4 + 2 + 1 shuffles, then 2 more add the 4 lanes that share a slot. */
-static __device__ __forceinline__ float reduce_slots(const float (&v)[ROW_SLOTS], int lane)
-{
-    const bool h16 = lane & 16, h8 = lane & 8, h4 = lane & 4;
-    float u[4], t[2];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-        u[i] = (h16 ? v[i + 4] : v[i]) + __shfl_xor_sync(0xffffffffu, h16 ? v[i] : v[i + 4], 16);
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-        t[i] = (h8 ? u[i + 2] : u[i]) + __shfl_xor_sync(0xffffffffu, h8 ? u[i] : u[i + 2], 8);
-    float s = (h4 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, h4 ? t[0] : t[1], 4);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    return s + __shfl_xor_sync(0xffffffffu, s, 1);
-}
-
-/* x with the elements at k + 1.. ≥ I set to 0 (the padding of a row is never read as a value) */
-static __device__ __forceinline__ float4 clip_inputs(float4 x, int k, int I)
-{
-    return make_float4(k < I ? x.x : 0.0f, k + 1 < I ? x.y : 0.0f, k + 2 < I ? x.z : 0.0f, k + 3 < I ? x.w : 0.0f);
-}
-
 static __global__ void __launch_bounds__(CU_ENCODE_ROW_THREADS, 1) encode_row_kernel(const encode_row_params p)
 {
     __shared__ __align__(16) float act[2][CU_ENCODE_ROW_WIDTH];
     __shared__ float last_out[CU_ENCODE_ROW_WIDTH]; /* the last layer's outputs (before the signs) */
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, k = 4 * lane;
     const int64_t total = encode_items(p.job, p.jobs);
     cu_let_next_grid_start();
 
@@ -100,59 +36,7 @@ static __global__ void __launch_bounds__(CU_ENCODE_ROW_THREADS, 1) encode_row_ke
         const encode_job &J = encode_item(p.job, item, &local);
         int64_t rho;
         const int32_t m = (int32_t)encode_div(local, J.rows, &rho);
-        const float *P = J.row_params + (int64_t)m * J.row_head_floats;
-
-        /* the weights are constant: on their way while the stream's previous kernel finishes */
-        row_layer A, B;
-        load_layer(P, J, 0, warp, lane, A);
-        if (J.depth > 1)
-            load_layer(P, J, 1, warp, lane, B);
-        cu_wait_prior_grids();
-        int64_t t;
-        int32_t b;
-        encode_row_token(J, rho, &t, &b);
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t >= 0 && k < J.dims[0]) {
-            const void *row = cu_row(J.in, ha_elem_size(J.in.dtype), b, m / J.per_in_head, t);
-            const int I = J.dims[0];
-            x.x = cu_load_f32(row, J.in.dtype, k);
-            x.y = k + 1 < I ? cu_load_f32(row, J.in.dtype, k + 1) : 0.0f;
-            x.z = k + 2 < I ? cu_load_f32(row, J.in.dtype, k + 2) : 0.0f;
-            x.w = k + 3 < I ? cu_load_f32(row, J.in.dtype, k + 3) : 0.0f;
-        }
-
-#pragma unroll
-        for (int l = 0; l < HA_PLUGIN_MAX_MLP_DEPTH; l++) {
-            if (l >= J.depth)
-                break;
-            row_layer &L = (l & 1) ? B : A;
-            if (l > 0) /* layer l - 1's outputs, complete after the barrier that ended it */
-                x = k < J.dims[l] ? clip_inputs(*(const float4 *)&act[(l - 1) & 1][k], k, J.dims[l])
-                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            float v[ROW_SLOTS];
-#pragma unroll
-            for (int j = 0; j < ROW_SLOTS; j++)
-                v[j] = fmaf(x.w, L.w[j].w, fmaf(x.z, L.w[j].z, fmaf(x.y, L.w[j].y, x.x * L.w[j].x)));
-            const float bias = L.bias;
-            if (l + 2 < J.depth) /* L's registers are free: layer l + 2 arrives during this one */
-                load_layer(P, J, l + 2, warp, lane, L);
-            const float s = reduce_slots(v, lane) + bias;
-            const int o = slot_output(lane_slot(lane), warp);
-            if ((lane & 3) == 0 && o < J.dims[l + 1]) {
-                if (l == J.depth - 1)
-                    last_out[o] = s;
-                else
-                    act[l & 1][o] = encode_silu(s);
-            }
-            __syncthreads();
-        }
-
-        /* bit i of the code is thread i's: one ballot per word (words × 32 is a multiple of 32) */
-        if (tid < J.words * 32) {
-            const unsigned word = __ballot_sync(0xffffffffu, tid < J.dims[J.depth] && last_out[tid] > 0.0f);
-            if (lane == 0 && t >= 0)
-                ((uint32_t *)cu_row(J.out, sizeof(uint32_t), b, m, t))[warp] = word;
-        }
+        encode_row_item<1>(J, m, rho, act, last_out, NULL);
         if (item + gridDim.x < total)
             __syncthreads(); /* the next item writes act and last_out */
     }

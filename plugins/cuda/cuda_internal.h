@@ -38,6 +38,9 @@
  *  widest layer (inputs and outputs) it runs: 4 inputs per lane, 8 outputs per warp. */
 #define CU_ENCODE_ROW_THREADS 512
 #define CU_ENCODE_ROW_WIDTH 128
+/** Most blocks of a thread-block cluster (the portable cluster size): chunks per item of the one-launch
+ *  match and of the fused decode step. */
+#define CU_MATCH_CLUSTER_MAX 8
 
 /* ---- objects --------------------------------------------------------------------------------- */
 
@@ -55,6 +58,9 @@ typedef struct cu_ctx {
     /** HASHATTN_CUDA_ENCODE_ROWS: 1, every encode whose MLP fits the one-row kernel runs there (a
      *  block per row; tests); 0, never; -1 (unset): where a block per (head, row) fits one wave. */
     int encode_rows;
+    /** HASHATTN_CUDA_FUSED: 1, the decode step runs as one launch wherever the fused kernel applies
+     *  (cuda_decode_fused.cu; tests); 0, never; -1 (unset): where it applies and fits one wave. */
+    int fused;
     void (*log)(ha_log_level level, const char *message);
     char description[192];
 } cu_ctx;
@@ -140,5 +146,9 @@ CU_HIDDEN ha_status cu_encode_pair(const cu_ctx *ctx, const cu_plan *plan, const
                                    const ha_encode_args *queries);
 CU_HIDDEN ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *a);
 CU_HIDDEN ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args *a);
+/** The whole decode step in one launch where it applies (*launched true); else nothing is launched and
+ *  the caller runs the stages. */
+CU_HIDDEN ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decode_args *d, bool *launched);
+CU_HIDDEN ha_status cu_decode_fused_prepare(const cu_ctx *ctx);
 
 #endif /* HA_CUDA_INTERNAL_H */

@@ -186,14 +186,14 @@ ha_status cu_match_prepare(const cu_ctx *ctx)
 
 /* 4 tokens' codes per 16-byte load: one word per token, rows contiguous, every row 16-byte aligned
  * and a whole number of 4-token groups long (so no group crosses a row's end). */
-static bool codes_vectorizable(const ha_match_args *a)
+bool cu_codes_vectorizable(const ha_match_args *a)
 {
     const ha_rows &r = a->k_codes;
     return a->words == 1 && r.page_size == 0 && r.stride_token == 1 && (uintptr_t)r.data % 16 == 0 &&
            r.stride_seq % 4 == 0 && r.stride_head % 4 == 0;
 }
 
-ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *a)
+ha_status cu_match_params(const cu_plan *plan, const ha_match_args *a, match_params *out)
 {
     if (a->sel_heads < 1 || a->q_heads % a->sel_heads != 0 || a->bits < 1 || a->words < 1 ||
         (int64_t)a->words * 32 < a->bits)
@@ -205,10 +205,7 @@ ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *
                        (long long)(bins - 1), plan->match_bins);
     if (a->batch > plan->desc.max_batch)
         return cu_fail(HA_ERR_STATE, "cuda match: batch %d exceeds the plan's %d", a->batch, plan->desc.max_batch);
-    if (a->batch <= 0)
-        return HA_OK;
-
-    match_params p;
+    match_params &p = *out;
     memset(&p, 0, sizeof p);
     p.batch = a->batch;
     p.q_heads = a->q_heads;
@@ -227,10 +224,20 @@ ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *
     p.index_stride = a->index_stride;
     p.counts = a->counts;
     p.max_tokens = plan->desc.max_tokens;
-    const int64_t items = (int64_t)a->batch * a->sel_heads;
     p.bins = (int32_t)bins;
+    return HA_OK;
+}
+
+ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *a)
+{
+    match_params p;
+    ha_status st = cu_match_params(plan, a, &p);
+    if (st != HA_OK || a->batch <= 0)
+        return st;
+    const int64_t items = (int64_t)a->batch * a->sel_heads;
+    const int64_t group = p.group;
     cudaStream_t stream = (cudaStream_t)a->stream;
-    const bool vector = codes_vectorizable(a);
+    const bool vector = cu_codes_vectorizable(a);
     if (ctx->sm90) { /* one launch where an item's scores fit its cluster's shared memory */
         p.chunks = cu_match_cluster_size(plan, items);
         if (cu_match_cluster_fits(ctx, p, (p.max_tokens + p.chunks - 1) / p.chunks))
@@ -249,8 +256,8 @@ ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *
     const size_t code_bytes = (size_t)(group * a->words + QS_PAD) * sizeof(uint32_t);
     const size_t hist_smem = cu_match_smem(p.bins, (int32_t)(group * a->words));
     const unsigned grid = cu_grid(items * p.chunks);
-    ha_status st = cu_launch(ctx, vector ? match_hist_kernel<4> : match_hist_kernel<1>, grid, CU_MATCH_THREADS,
-                             hist_smem, stream, 1, "cuda match: histogram kernel launch", p);
+    st = cu_launch(ctx, vector ? match_hist_kernel<4> : match_hist_kernel<1>, grid, CU_MATCH_THREADS, hist_smem, stream,
+                   1, "cuda match: histogram kernel launch", p);
     if (st != HA_OK)
         return st;
     return cu_launch(ctx, vector ? match_write_kernel<4> : match_write_kernel<1>, grid, CU_MATCH_THREADS, code_bytes,

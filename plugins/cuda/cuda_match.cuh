@@ -337,6 +337,14 @@ static __device__ __forceinline__ void write_slice(int64_t wlo, int64_t whi, uin
 
 /* ---- the launchers ------------------------------------------------------------------------------------- */
 
+/** Checks a and fills p from it: everything but the partition (chunks) and the scratch pointers. */
+CU_HIDDEN ha_status cu_match_params(const cu_plan *plan, const ha_match_args *a, match_params *p);
+/** Whether 16-byte loads of 4 tokens' codes apply: one word per token, rows contiguous and aligned. */
+CU_HIDDEN bool cu_codes_vectorizable(const ha_match_args *a);
+/** Sets p's score capacity and histogram copies for its chunks (the cluster kernel's rule); returns
+ *  the dynamic shared memory of a cluster block. */
+CU_HIDDEN size_t cu_match_cluster_setup(const cu_ctx *ctx, match_params *p);
+
 /** The one-launch form (sm_90) for p, its chunks per item already chosen (≤ MATCH_WARPS); false (and
  *  nothing launched) where it does not apply: scores wider than 16 bits, or too many for shared memory. */
 CU_HIDDEN bool cu_match_cluster_fits(const cu_ctx *ctx, const match_params &p, int64_t max_chunk);

@@ -13,10 +13,9 @@
 
 /* Fewest candidates worth a match block of their own. */
 #define CU_MATCH_MIN_CHUNK 1024
-/* The one-launch match (sm_90): fewest candidates worth a block of an item's cluster, and the most
- * blocks of a cluster (the portable cluster size; the planning gives each chunk a warp). */
+/* The one-launch match (sm_90): fewest candidates worth a block of an item's cluster (at most
+ * CU_MATCH_CLUSTER_MAX blocks: the planning gives each chunk a warp). */
 #define CU_MATCH_CLUSTER_MIN_CHUNK 512
-#define CU_MATCH_CLUSTER_MAX 8
 /* Longest chunk the one-launch match aims for (a byte of score each in shared memory) */
 #define CU_MATCH_CLUSTER_LONGEST_CHUNK 16384
 /* Fewest tokens worth an attend split of their own (a warp takes 8 or 16 rows per round). */

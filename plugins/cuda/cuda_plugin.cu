@@ -122,6 +122,8 @@ static ha_status init_device(cu_ctx *ctx)
     ctx->match_lanes = lanes && (lanes[0] == '0' || lanes[0] == '1') ? lanes[0] - '0' : -1;
     const char *rows = getenv("HASHATTN_CUDA_ENCODE_ROWS");
     ctx->encode_rows = rows && (rows[0] == '0' || rows[0] == '1') ? rows[0] - '0' : -1;
+    const char *fused = getenv("HASHATTN_CUDA_FUSED");
+    ctx->fused = fused && (fused[0] == '0' || fused[0] == '1') ? fused[0] - '0' : -1;
     snprintf(ctx->description, sizeof ctx->description, "%.100s (device %d, sm_%d%d, %d SMs, %.0f GiB), CUDA runtime %d.%d%s",
              prop.name, ctx->device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), CUDART_VERSION / 1000,
@@ -135,6 +137,8 @@ static ha_status init_device(cu_ctx *ctx)
         st = cu_match_prepare(ctx);
     if (st == HA_OK)
         st = cu_attend_prepare(ctx);
+    if (st == HA_OK)
+        st = cu_decode_fused_prepare(ctx);
     return st;
 }
 
@@ -304,14 +308,19 @@ static ha_status cu_attend_entry(void *vctx, void *plan, const ha_attend_args *a
     return st != HA_OK ? st : cu_attend(ctx, (const cu_plan *)plan, args);
 }
 
-/* The stages back to back on the step's stream, on the plan's scratch: no allocation, no sync; both
- * encodes in one launch. */
+/* One fused launch where it applies (cuda_decode_fused.cu), else the stages back to back on the step's
+ * stream, on the plan's scratch: no allocation, no sync; both encodes in one launch. */
 static ha_status cu_decode_entry(void *vctx, void *vplan, const ha_decode_args *args)
 {
     const cu_ctx *ctx = (const cu_ctx *)vctx;
     const cu_plan *plan = (const cu_plan *)vplan;
     cu_device_scope scope(ctx->device);
     ha_status st = stage_start(plan, "decode", scope);
+    bool fused = false;
+    if (st == HA_OK)
+        st = cu_decode_fused(ctx, plan, args, &fused);
+    if (st != HA_OK || fused)
+        return st;
     if (st == HA_OK)
         st = cu_encode_pair(ctx, plan, args->key_encode.count > 0 ? &args->key_encode : NULL, &args->query_encode);
     if (st == HA_OK)

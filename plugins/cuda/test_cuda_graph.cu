@@ -242,8 +242,8 @@ static void graph_step(void **state)
     size_t nodes = 0;
     CUDA_OK(cudaGraphGetNodes(g, NULL, &nodes));
     /* encode (the new keys and the queries in one launch), match (one launch on sm_90, two before),
-     * attend: one node at least each */
-    assert_true(nodes >= 3);
+     * attend: one node at least each; or, where the fused step applies (cuda_decode_fused.cu), one */
+    assert_true(nodes >= 1);
     cudaGraphExec_t exec = NULL;
     CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
     CUDA_OK(cudaGraphLaunch(exec, stream));
