@@ -4,17 +4,15 @@
  *
  * Precondition (SPEC "Select"): the candidates are [sink, n − local), so with local ≥ the step's new
  * tokens the match never reads a code this step writes, and the new keys' codes (needed from the next
- * step on) can be encoded beside it instead of before it. The grid:
- *
- *   - a thread-block cluster per item (sequence b, selection head s), a block per chunk of its
- *     candidates (C ≤ 8), as the one-launch match (cuda_match_cluster.cu) has it;
- *   - after them, a block per (key MLP head, new token) that runs the one-row encode of the new key
- *     into the code cache (nothing in this step waits for it).
- *
- * A cluster's blocks, in three phases:
- *   1. block h < G encodes the query head s·G + h (G query heads per selection head) as the one-row
- *      encode does (cuda_encode_row.cuh, 8 warps taking two warps' outputs each), its code into its
- *      shared memory (and into the plan's q_codes, as the three-kernel step leaves them);
+ * step on) can be encoded beside it instead of before it. The grid: a thread-block cluster per item
+ * (sequence b, selection head s), a block per chunk of its candidates (C ≤ 8), as the one-launch match
+ * (cuda_match_cluster.cu) has it, and nothing else. A cluster's blocks, in three phases:
+ *   1. the item's encodes as tasks, task t by block t mod C: the query heads s·G + t (t < G; G query
+ *      heads per selection head), then the step's new keys of sequence b under key head s (the
+ *      key-code heads are the selection heads) into the code cache; each as the one-row encode does it
+ *      (cuda_encode_row.cuh, 8 warps taking two warps' outputs each); a query code goes into the
+ *      block's shared memory (and into the plan's q_codes, as the three-kernel step leaves them).
+ *      Blocks without a query head prefetch their chunk's key codes to L2;
  *   2. a cluster barrier; every block reads the G codes through distributed shared memory and runs the
  *      cluster match of its chunk (cuda_match_cluster.cuh), which writes the item's index row;
  *   3. a cluster barrier (the row is complete and visible); block c attends over the c-th of C equal
@@ -27,8 +25,10 @@
  * it (cu_decode_fused) falls back to the three launches (return with *launched false) wherever an
  * instance or a precondition is missing: sm_89 or HASHATTN_CUDA_PORTABLE=1, codes of more than one word
  * or not contiguous, groups other than 1 and 4, K/V rows not 16-byte aligned, MLPs without the one-row
- * layout, local < new tokens; by default also where the blocks do not fit one wave
- * (HASHATTN_CUDA_FUSED=1 takes it there too, =0 never).
+ * layout, local < new tokens; by default also where a block would take turns at encodes (G + new
+ * tokens > C), where not every cluster is resident at once, and for plans of more than
+ * CU_FUSED_MAX_TOKENS tokens (HASHATTN_CUDA_FUSED=1 takes it there too, =0 never). Measurements:
+ * docs/cuda_performance.md, "Session 5b".
  */
 #include "cuda_attend.cuh"
 #include "cuda_encode_row.cuh"
