@@ -348,8 +348,9 @@ CU_HIDDEN bool cu_codes_vectorizable(const ha_match_args *a);
  *  the dynamic shared memory of a cluster block. */
 CU_HIDDEN size_t cu_match_cluster_setup(const cu_ctx *ctx, match_params *p);
 
-/** The one-launch form (sm_90) for p, its chunks per item already chosen (≤ MATCH_WARPS); false (and
- *  nothing launched) where it does not apply: scores wider than 16 bits, or too many for shared memory. */
+/** The one-launch form (sm_90) for p, its chunks per item already chosen (≤ MATCH_CLUSTER_WIDE); false
+ *  (and nothing launched) where it does not apply: scores wider than 16 bits, or too many for shared
+ *  memory. */
 CU_HIDDEN bool cu_match_cluster_fits(const cu_ctx *ctx, const match_params &p, int64_t max_chunk);
 /** Launches it; where p.chunks > CU_MATCH_CLUSTER_MAX and this device cannot run clusters that wide for
  *  p, with `narrow` chunks instead (which must fit). */

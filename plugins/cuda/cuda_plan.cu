@@ -15,7 +15,8 @@
 /* Fewest candidates worth a match block of their own. */
 #define CU_MATCH_MIN_CHUNK 1024
 /* The one-launch match (sm_90): fewest candidates worth a block of an item's cluster (at most
- * CU_MATCH_CLUSTER_MAX blocks: the planning gives each chunk a warp). */
+ * CU_MATCH_CLUSTER_MAX blocks, MATCH_CLUSTER_WIDE where the items are few: the planning gives each
+ * chunk a quad or a pair of lanes). */
 #define CU_MATCH_CLUSTER_MIN_CHUNK 512
 /* Longest chunk the one-launch match aims for (a byte of score each in shared memory) */
 #define CU_MATCH_CLUSTER_LONGEST_CHUNK 16384
