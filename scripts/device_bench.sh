@@ -8,7 +8,8 @@
 #      HASHATTN_CUDA_MATCH_LANES=1 (the match's per-lane histograms, which the long chunks of the
 #      benchmark shapes use, on the suite's short ones) and with HASHATTN_CUDA_ENCODE_ROWS=1 (the
 #      one-row encode, which the batch-1 decode steps use, on every encode of the suite) and with
-#      HASHATTN_CUDA_FUSED=1 and =0 (the decode step in one launch wherever it applies; never);
+#      HASHATTN_CUDA_FUSED=1 and =0 (the decode step in one launch wherever it applies; never) and with
+#      HASHATTN_CUDA_MATCH_WIDE=1 (the match's clusters of 16 blocks wherever the items are few);
 #   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then
 #      the paper's configuration (--config paper: MHA 32 heads, fp16, top-k n/32) unless PAPER_SHAPES=none;
 #   4. ncu: one step's kernels per mode at PROFILE_SHAPE (duration, DRAM bytes, speed of light);
@@ -93,6 +94,9 @@ step "conformance, HASHATTN_CUDA_MATCH_LANES=1" 180 env HASHATTN_BACKEND=cuda HA
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 step "conformance, HASHATTN_CUDA_ENCODE_ROWS=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
+  HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
+
+step "conformance, HASHATTN_CUDA_MATCH_WIDE=1" 180 env HASHATTN_BACKEND=cuda HASHATTN_CUDA_MATCH_WIDE=1 \
   HASHATTN_PLUGIN_PATH="$build/plugins/cuda" HASHATTN_LOG=error OMP_WAIT_POLICY=passive "$build/tests/conformance"
 
 for fused in 1 0; do

@@ -7,7 +7,9 @@
 #      there is a failure: this machine has a GPU);
 #   3. the cuda conformance suite once more with HASHATTN_CUDA_ENCODE_ROWS=1 (every encode through the
 #      one-row kernel, which the batch-1 decode steps use), and with HASHATTN_CUDA_FUSED=1 and =0 (the
-#      decode step in one launch wherever it applies; never);
+#      decode step in one launch wherever it applies; never) and with HASHATTN_CUDA_MATCH_WIDE=1 (the
+#      match's clusters of 16 blocks wherever the items are few, which by default only plans of
+#      ≥ 256 K tokens take);
 #   4. compute-sanitizer on the cuda backend: memcheck over the whole conformance suite and the graph
 #      test; racecheck, synccheck and initcheck over a subset of cases (HASHATTN_SANITIZE_CASES,
 #      substrings of case names separated by spaces).
@@ -75,6 +77,8 @@ for fused in 1 0; do
   step "conformance-cuda, HASHATTN_CUDA_FUSED=$fused" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_FUSED=$fused \
     HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
 done
+step "conformance-cuda, HASHATTN_CUDA_MATCH_WIDE=1" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_MATCH_WIDE=1 \
+  HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
 # san SECONDS TOOL CASES PROGRAM: PROGRAM on the cuda backend under compute-sanitizer, stopped after
 # SECONDS (exit 124); CASES filters the conformance cases by name ("" = all); SAN_ENV: VAR=VALUE words.
 san() {
@@ -97,6 +101,12 @@ else
     "$build/tests/conformance"
   step "synccheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 40 synccheck "$first" \
     "$build/tests/conformance"
+  # the match's clusters of 16 blocks (cuda_match_cluster.cu) on the suite's one-item cases
+  san_wide() { SAN_ENV=HASHATTN_CUDA_MATCH_WIDE=1 san "$@"; }
+  for tool in memcheck racecheck synccheck; do
+    step "$tool: conformance *long-one-item*, HASHATTN_CUDA_MATCH_WIDE=1" san_wide 60 "$tool" "long-one-item" \
+      "$build/tests/conformance"
+  done
   # the cases whose decode steps run the fused kernel (cuda_decode_fused.cu), and the graph test
   san_fused() { SAN_ENV=HASHATTN_CUDA_FUSED=1 san "$@"; }
   for tool in memcheck racecheck synccheck; do

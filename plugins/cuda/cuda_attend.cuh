@@ -302,10 +302,24 @@ static __device__ __forceinline__ void attend_rows(const attend_params &p, const
 #pragma unroll
         for (int c = 0; c < NV; c++) {
             const int vi = c * LPR + sub;
-            if (vi < vpr) {
+            float *dst = slot_acc + (slot * H + h) * d + vi * VEC;
+            const float *a = acc[h] + c * VEC;
+            if (vi >= vpr)
+                continue;
+            if constexpr (VEC == 8) {
+                /* two 16-byte stores (d is a multiple of 8 here: 16-byte K/V rows): lanes 4..7 of each
+                 * quarter warp store their second half first, so that a quarter's 8 stores fill the 32
+                 * banks once (in element order, each store was 8-way conflicted) */
+                const bool swap = (sub >> 2) & 1;
+                const float4 lo = make_float4(a[0], a[1], a[2], a[3]), hi = make_float4(a[4], a[5], a[6], a[7]);
+                *(float4 *)(dst + (swap ? 4 : 0)) = swap ? hi : lo;
+                *(float4 *)(dst + (swap ? 0 : 4)) = swap ? lo : hi;
+            } else if constexpr (VEC == 4) {
+                *(float4 *)dst = make_float4(a[0], a[1], a[2], a[3]);
+            } else {
 #pragma unroll
                 for (int j = 0; j < VEC; j++)
-                    slot_acc[(slot * H + h) * d + vi * VEC + j] = acc[h][c * VEC + j];
+                    dst[j] = a[j];
             }
         }
     }

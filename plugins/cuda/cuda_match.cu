@@ -239,9 +239,14 @@ ha_status cu_match(const cu_ctx *ctx, const cu_plan *plan, const ha_match_args *
     cudaStream_t stream = (cudaStream_t)a->stream;
     const bool vector = cu_codes_vectorizable(a);
     if (ctx->sm90) { /* one launch where an item's scores fit its cluster's shared memory */
-        p.chunks = cu_match_cluster_size(plan, items);
-        if (cu_match_cluster_fits(ctx, p, (p.max_tokens + p.chunks - 1) / p.chunks))
-            return cu_match_cluster(ctx, p, vector, stream);
+        const int32_t narrow = cu_match_cluster_size(plan, items);
+        p.chunks = narrow;
+        if (cu_match_cluster_fits(ctx, p, (p.max_tokens + p.chunks - 1) / p.chunks)) {
+            p.chunks = cu_match_cluster_size_wide(plan, items);
+            if (!cu_match_cluster_fits(ctx, p, (p.max_tokens + p.chunks - 1) / p.chunks))
+                p.chunks = narrow;
+            return cu_match_cluster(ctx, p, narrow, vector, stream);
+        }
     }
     p.chunks = cu_match_chunks(plan, items);
     p.hist = plan->match_hist;

@@ -15,6 +15,9 @@
 /* Rounds of a warp: MATCH_STEPS loads per lane in flight, each of V consecutive tokens' codes. */
 #define MATCH_STEPS 4
 #define MATCH_WARPS (CU_MATCH_THREADS / 32)
+/* Most blocks of an item's cluster in the one-launch match: 16, a non-portable cluster size (sm_90),
+ * taken where the items are few (cu_match_cluster_size_wide); elsewhere CU_MATCH_CLUSTER_MAX. */
+#define MATCH_CLUSTER_WIDE 16
 /* The query codes get QS_PAD spare words: the compiler may read a few words past the last one it
  * uses (a merged load in an unrolled loop), which must stay inside the allocation. */
 #define QS_PAD 4
@@ -345,10 +348,16 @@ CU_HIDDEN bool cu_codes_vectorizable(const ha_match_args *a);
  *  the dynamic shared memory of a cluster block. */
 CU_HIDDEN size_t cu_match_cluster_setup(const cu_ctx *ctx, match_params *p);
 
-/** The one-launch form (sm_90) for p, its chunks per item already chosen (≤ MATCH_WARPS); false (and
- *  nothing launched) where it does not apply: scores wider than 16 bits, or too many for shared memory. */
+/** The one-launch form (sm_90) for p, its chunks per item already chosen (≤ MATCH_CLUSTER_WIDE); false
+ *  (and nothing launched) where it does not apply: scores wider than 16 bits, or too many for shared
+ *  memory. */
 CU_HIDDEN bool cu_match_cluster_fits(const cu_ctx *ctx, const match_params &p, int64_t max_chunk);
-CU_HIDDEN ha_status cu_match_cluster(const cu_ctx *ctx, const match_params &p, bool vector, cudaStream_t stream);
+/** Launches it; where p.chunks > CU_MATCH_CLUSTER_MAX and this device cannot run clusters that wide for
+ *  p, with `narrow` chunks instead (which must fit). */
+CU_HIDDEN ha_status cu_match_cluster(const cu_ctx *ctx, const match_params &p, int32_t narrow, bool vector,
+                                     cudaStream_t stream);
+/** Chunks per item of the one-launch match where the items are few: up to 16 (cuda_plan.cu). */
+CU_HIDDEN int32_t cu_match_cluster_size_wide(const cu_plan *plan, int64_t items);
 CU_HIDDEN ha_status cu_match_cluster_prepare(const cu_ctx *ctx);
 
 #endif /* HA_CUDA_MATCH_CUH */

@@ -68,33 +68,26 @@ bool cu_match_cluster_fits(const cu_ctx *ctx, const match_params &p0, int64_t ma
 {
     match_params p = p0;
     p.hist_lanes = hist_lanes(ctx, p, capacity_for(max_chunk));
-    return p.bins <= 65536 && p.chunks >= 1 && p.chunks <= MATCH_WARPS &&
+    return p.bins <= 65536 && p.chunks >= 1 && p.chunks <= MATCH_CLUSTER_WIDE &&
            cluster_smem(p, capacity_for(max_chunk)) + 1024 <= ctx->smem_optin;
 }
 
-template <int V, int G, typename S, int HL>
-static ha_status launch(const cu_ctx *ctx, const match_params &p, cudaStream_t stream)
-{
-    const size_t smem = cluster_smem(p, p.score_capacity);
-    const unsigned grid = (unsigned)((int64_t)p.batch * p.sel_heads * p.chunks);
-    return cu_launch(ctx, match_cluster_kernel<V, G, S, HL>, grid, CU_MATCH_THREADS, smem, stream,
-                     (unsigned)p.chunks, "cuda match: cluster kernel launch", p);
-}
+typedef void (*match_cluster_fn)(const match_params);
 
 /* The instance for the code layout, the group size, the score width and the histogram copies (one-word
  * codes of a group of 1 have at most 33 bins; a group of 4, at most 129). */
-static ha_status launch_for(const cu_ctx *ctx, const match_params &p, bool vector, cudaStream_t stream)
+static match_cluster_fn instance(const match_params &p, bool vector)
 {
     const bool lanes = p.hist_lanes > 1;
     if (score_bytes(p.bins) == 2)
-        return vector ? launch<4, 0, uint16_t, 1>(ctx, p, stream) : launch<1, 0, uint16_t, 1>(ctx, p, stream);
+        return vector ? match_cluster_kernel<4, 0, uint16_t, 1> : match_cluster_kernel<1, 0, uint16_t, 1>;
     if (!vector)
-        return lanes ? launch<1, 0, uint8_t, 32>(ctx, p, stream) : launch<1, 0, uint8_t, 1>(ctx, p, stream);
+        return lanes ? match_cluster_kernel<1, 0, uint8_t, 32> : match_cluster_kernel<1, 0, uint8_t, 1>;
     if (p.group == 1)
-        return lanes ? launch<4, 1, uint8_t, 32>(ctx, p, stream) : launch<4, 1, uint8_t, 1>(ctx, p, stream);
+        return lanes ? match_cluster_kernel<4, 1, uint8_t, 32> : match_cluster_kernel<4, 1, uint8_t, 1>;
     if (p.group == 4 && !lanes)
-        return launch<4, 4, uint8_t, 1>(ctx, p, stream);
-    return lanes ? launch<4, 0, uint8_t, 32>(ctx, p, stream) : launch<4, 0, uint8_t, 1>(ctx, p, stream);
+        return match_cluster_kernel<4, 4, uint8_t, 1>;
+    return lanes ? match_cluster_kernel<4, 0, uint8_t, 32> : match_cluster_kernel<4, 0, uint8_t, 1>;
 }
 
 size_t cu_match_cluster_setup(const cu_ctx *ctx, match_params *p)
@@ -104,11 +97,26 @@ size_t cu_match_cluster_setup(const cu_ctx *ctx, match_params *p)
     return cluster_smem(*p, p->score_capacity);
 }
 
-ha_status cu_match_cluster(const cu_ctx *ctx, const match_params &p0, bool vector, cudaStream_t stream)
+ha_status cu_match_cluster(const cu_ctx *ctx, const match_params &p0, int32_t narrow, bool vector,
+                           cudaStream_t stream)
 {
     match_params p = p0;
-    cu_match_cluster_setup(ctx, &p);
-    return launch_for(ctx, p, vector, stream);
+    size_t smem = cu_match_cluster_setup(ctx, &p);
+    match_cluster_fn kernel = instance(p, vector);
+    int active = 1;
+    /* an error of the query (a cluster size this device refuses) reads as: not this size */
+    if (p.chunks > CU_MATCH_CLUSTER_MAX && cu_max_active_clusters(ctx, kernel, p.chunks, smem, &active) != HA_OK) {
+        cudaGetLastError();
+        active = 0;
+    }
+    if (active < 1) {
+        p.chunks = narrow;
+        smem = cu_match_cluster_setup(ctx, &p);
+        kernel = instance(p, vector);
+    }
+    const unsigned grid = (unsigned)((int64_t)p.batch * p.sel_heads * p.chunks);
+    return cu_launch(ctx, kernel, grid, CU_MATCH_THREADS, smem, stream, (unsigned)p.chunks,
+                     "cuda match: cluster kernel launch", p);
 }
 
 ha_status cu_match_cluster_prepare(const cu_ctx *ctx)
@@ -120,7 +128,11 @@ ha_status cu_match_cluster_prepare(const cu_ctx *ctx)
         match_cluster_kernel<4, 0, uint8_t, 32>, match_cluster_kernel<4, 0, uint8_t, 1>,
         match_cluster_kernel<1, 0, uint16_t, 1>, match_cluster_kernel<4, 0, uint16_t, 1>};
     ha_status st = HA_OK;
-    for (size_t i = 0; i < sizeof kernels / sizeof kernels[0] && st == HA_OK; i++)
+    for (size_t i = 0; i < sizeof kernels / sizeof kernels[0] && st == HA_OK; i++) {
         st = cu_prepare_kernel(kernels[i], ctx, "cuda init: match cluster kernel");
+        if (st == HA_OK) /* clusters of up to MATCH_CLUSTER_WIDE blocks */
+            st = cu_check(cudaFuncSetAttribute(kernels[i], cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                          "cuda init: match cluster kernel");
+    }
     return st;
 }

@@ -15,8 +15,10 @@
 /* The chunk's scores start at a multiple of WRITE_SPAN tokens (base), so that each lane's span is one
  * or two aligned 16-byte loads. */
 #define SCORE_ALIGN WRITE_SPAN
-/* The plan gives each warp of a block, and each chunk of a cluster (≤ MATCH_WARPS), a quad of lanes. */
+/* The plan gives each warp of a block a quad of lanes, and each chunk of a cluster a quad (≤ 8 chunks)
+ * or a pair (≤ MATCH_CLUSTER_WIDE). */
 static_assert(MATCH_WARPS == 8, "the plan's quads of lanes assume 8 warps");
+static_assert(MATCH_CLUSTER_WIDE * 2 <= 32, "the plan gives each chunk at least a pair of lanes");
 
 /* One word of scores (S) of 4 consecutive tokens from their distances d (each ≤ best, so no byte or
  * half borrows from the next): best − d, a byte each, or two words of halves. */
@@ -261,34 +263,38 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
     }
     cluster.sync(); /* every chunk's histogram is complete */
 
-    /* the item's histogram: a thread per bin, its loads from the C ≤ MATCH_WARPS chunks in flight
-     * together (one distributed-shared-memory round trip, not one per chunk and 32 bins) */
+    /* the item's histogram: a thread per bin, its loads from the chunks in flight together, 8 at a time
+     * (one distributed-shared-memory round trip per 8 chunks, not one per chunk and 32 bins; 8, not all
+     * 16 of a wide cluster: registers) */
     for (int v = tid; v < bins; v += blockDim.x) {
-        uint32_t h[MATCH_WARPS];
-#pragma unroll
-        for (int k = 0; k < MATCH_WARPS; k++)
-            h[k] = k < C ? cluster.map_shared_rank(chunk_hist, k)[v] : 0u;
         uint32_t sum = 0;
+        for (int k0 = 0; k0 < C; k0 += MATCH_WARPS) {
+            uint32_t h[MATCH_WARPS];
 #pragma unroll
-        for (int k = 0; k < MATCH_WARPS; k++)
-            sum += h[k];
+            for (int k = 0; k < MATCH_WARPS; k++)
+                h[k] = k0 + k < C ? cluster.map_shared_rank(chunk_hist, k0 + k)[v] : 0u;
+#pragma unroll
+            for (int k = 0; k < MATCH_WARPS; k++)
+                sum += h[k];
+        }
         total[v] = sum;
     }
     __syncthreads();
 
     /* the item's plan, the same in every block, by its first warp: the threshold T, the ties each
      * chunk keeps (the most recent chunks first), this chunk's offset and skipped ties, and the
-     * candidates of its warps before each warp. Lanes 4k..4k+3 count chunk k's candidates above T
-     * (and its ties), and then warp k's. */
+     * candidates of its warps before each warp. Lanes 4k..4k+3 (2k, 2k+1 where C > 8) count chunk k's
+     * candidates above T (and its ties), and lanes 4k..4k+3 warp k's. */
     if (warp == 0) {
         long long above_T;
         const uint32_t T = find_threshold_warp(total, bins, g.heavy, &above_T);
         const int quad = lane >> 2, part = lane & 3;
+        const int per = C > MATCH_WARPS ? 2 : 4; /* lanes per chunk */
         uint32_t chunk_above = 0, chunk_ties = 0, above = 0, ties = 0;
-        if (quad < C) {
-            const uint32_t *h = cluster.map_shared_rank(chunk_hist, quad);
+        if (lane / per < C) {
+            const uint32_t *h = cluster.map_shared_rank(chunk_hist, lane / per);
 #pragma unroll 4
-            for (int v = (int)T + 1 + part; v < bins; v += 4) /* unrolled: remote loads in flight */
+            for (int v = (int)T + 1 + lane % per; v < bins; v += per) /* unrolled: remote loads in flight */
                 chunk_above += h[v];
             chunk_ties = h[T];
         }
@@ -300,13 +306,14 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
         }
 #pragma unroll
         for (int d = 1; d < 4; d <<= 1) {
-            chunk_above += __shfl_xor_sync(0xffffffffu, chunk_above, d);
+            const uint32_t other = __shfl_xor_sync(0xffffffffu, chunk_above, d);
+            chunk_above += d < per ? other : 0u;
             above += __shfl_xor_sync(0xffffffffu, above, d);
         }
         long long wanted = g.heavy - above_T, offset = 0, skip = 0; /* wanted: taken at score T */
         for (int k = C - 1; k >= 0; k--) {
-            const long long a = __shfl_sync(0xffffffffu, chunk_above, 4 * k);
-            const long long t = __shfl_sync(0xffffffffu, chunk_ties, 4 * k);
+            const long long a = __shfl_sync(0xffffffffu, chunk_above, per * k);
+            const long long t = __shfl_sync(0xffffffffu, chunk_ties, per * k);
             const long long take = wanted < 0 ? 0 : wanted > t ? t : wanted;
             wanted -= take;
             if (k < c)
@@ -341,5 +348,46 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
 }
 
 #endif
+
+/* Clusters of C blocks (CU_MATCH_THREADS threads, smem bytes each) of kernel that the device runs at
+ * once: an occupancy query, no device work, remembered per thread for the last few shapes asked (so a
+ * step pays it once per shape). */
+template <typename Kernel>
+static ha_status cu_max_active_clusters(const cu_ctx *ctx, Kernel kernel, int32_t C, size_t smem, int *out)
+{
+    struct entry {
+        Kernel kernel;
+        int device;
+        int32_t C;
+        size_t smem;
+        int active;
+    };
+    static thread_local entry seen[16];
+    static thread_local unsigned next;
+    for (const entry &e : seen)
+        if (e.kernel == kernel && e.device == ctx->device && e.C == C && e.smem == smem) {
+            *out = e.active;
+            return HA_OK;
+        }
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)C;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)C);
+    cfg.blockDim = dim3(CU_MATCH_THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int active = 0;
+    ha_status st = cu_check(cudaOccupancyMaxActiveClusters(&active, kernel, &cfg),
+                            "cuda: cudaOccupancyMaxActiveClusters");
+    if (st != HA_OK)
+        return st;
+    seen[next++ % 16] = entry{kernel, ctx->device, C, smem, active};
+    *out = active;
+    return HA_OK;
+}
 
 #endif /* HA_CUDA_MATCH_CLUSTER_CUH */

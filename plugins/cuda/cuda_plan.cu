@@ -10,11 +10,13 @@
 #include <stdlib.h>
 
 #include "cuda_internal.h"
+#include "cuda_match.cuh"
 
 /* Fewest candidates worth a match block of their own. */
 #define CU_MATCH_MIN_CHUNK 1024
 /* The one-launch match (sm_90): fewest candidates worth a block of an item's cluster (at most
- * CU_MATCH_CLUSTER_MAX blocks: the planning gives each chunk a warp). */
+ * CU_MATCH_CLUSTER_MAX blocks, MATCH_CLUSTER_WIDE where the items are few: the planning gives each
+ * chunk a quad or a pair of lanes). */
 #define CU_MATCH_CLUSTER_MIN_CHUNK 512
 /* Longest chunk the one-launch match aims for (a byte of score each in shared memory) */
 #define CU_MATCH_CLUSTER_LONGEST_CHUNK 16384
@@ -52,6 +54,37 @@ int32_t cu_match_cluster_size(const cu_plan *plan, int64_t items)
     const int64_t wave = plan->target_blocks / (items < 1 ? 1 : items);
     const int64_t shorter = ceil_div(plan->desc.max_tokens, CU_MATCH_CLUSTER_LONGEST_CHUNK);
     return clamp_count(wave > shorter ? wave : shorter, cap);
+}
+
+/* Shortest chunk of the narrow clusters (8 blocks) that the wide ones (16) halve by default. */
+#define CU_MATCH_WIDE_MIN_CHUNK 32768
+
+/* HASHATTN_CUDA_MATCH_WIDE: 1 takes the wide clusters wherever the items are few enough (tests: the
+ * conformance cases are far shorter than CU_MATCH_WIDE_MIN_CHUNK), 0 never; else the default rule.
+ * Read once per process. */
+static int match_wide_switch(void)
+{
+    static const int value = [] {
+        const char *v = getenv("HASHATTN_CUDA_MATCH_WIDE");
+        return v && (v[0] == '0' || v[0] == '1') ? v[0] - '0' : -1;
+    }();
+    return value;
+}
+
+/* Few items (B = 1 in group mode: 8 items, so 8 clusters of 8 blocks for 132 SMs): clusters of up to 16
+ * blocks (a non-portable size, sm_90; cu_match_cluster falls back where the device refuses it), each
+ * block half the chunk. By default only where the narrow chunks are long (session 6, H200: at B1 n512K
+ * group, chunks of 64 K tokens → 32 K, the match stage 32–36 → 29 µs; at n128K, 16 K → 8 K, the blocks
+ * ran 20 % shorter but the kernel 1 µs longer: clusters of 16 take ~3.5 µs more to launch and drain). */
+int32_t cu_match_cluster_size_wide(const cu_plan *plan, int64_t items)
+{
+    const int32_t C = cu_match_cluster_size(plan, items);
+    const int rule = match_wide_switch();
+    if (rule == 0 || C < CU_MATCH_CLUSTER_MAX || items * MATCH_CLUSTER_WIDE > plan->target_blocks ||
+        (rule < 0 && plan->desc.max_tokens < (int64_t)C * CU_MATCH_WIDE_MIN_CHUNK))
+        return C;
+    const int64_t cap = ceil_div(plan->desc.max_tokens, CU_MATCH_CLUSTER_MIN_CHUNK);
+    return clamp_count(MATCH_CLUSTER_WIDE, cap < C ? C : cap);
 }
 
 int32_t cu_attend_splits(const cu_plan *plan, int64_t units, int64_t max_len)
