@@ -31,37 +31,36 @@
  * docs/cuda_performance.md, "Session 5b".
  */
 #include "cuda_attend.cuh"
-#include "cuda_encode_split.cuh"
+#include "cuda_encode_row.cuh"
 #include "cuda_match_cluster.cuh"
 
 typedef struct fused_params {
     match_params m;
     attend_params a;
-    encode_job job[2];    /**< the query encode (one row per sequence), the new keys' (heads = the selection
-                               heads): an array of the kernel's parameters, indexed without a local copy */
+    encode_job query;     /**< one row per sequence                                  */
+    encode_job key;       /**< the new keys (heads = the selection heads)            */
     int32_t key_rows;     /**< new keys per sequence (0: none)                       */
-    split_layout enc;     /**< phase 1's shared memory (cuda_encode_split.cuh)       */
-    int64_t part_offset;  /**< floats of shared memory before the blocks' attend results ([C][part]) */
+    int64_t part_offset;  /**< floats of shared memory before a block's partial result */
 } fused_params;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 /* Block c's share of the outputs of heads h0.. of sequence b: each element merged from the C blocks'
- * parts (parts: [C][P], a part [G][2 + d]: m in base 2, l, sums) by their log-sum-exp. */
+ * parts ([G][2 + d]: m in base 2, l, sums) by their log-sum-exp, read through distributed shared memory. */
 template <int G>
-static __device__ __forceinline__ void merge_parts(const attend_params &a, const float *parts, int32_t P, int32_t C,
-                                                   int32_t c, int32_t b, int32_t h0)
+static __device__ __forceinline__ void merge_parts(const attend_params &a, cooperative_groups::cluster_group cluster,
+                                                   float *part, int32_t b, int32_t h0)
 {
-    const int32_t d = a.head_dim;
+    const int32_t C = (int32_t)cluster.num_blocks(), c = (int32_t)cluster.block_rank(), d = a.head_dim;
     for (int e = c * blockDim.x + threadIdx.x; e < G * d; e += C * blockDim.x) {
         const int h = e / d, i = e % d;
         float Mk[CU_MATCH_CLUSTER_MAX], Lk[CU_MATCH_CLUSTER_MAX], Ak[CU_MATCH_CLUSTER_MAX];
 #pragma unroll
-        for (int k = 0; k < CU_MATCH_CLUSTER_MAX; k++) {
+        for (int k = 0; k < CU_MATCH_CLUSTER_MAX; k++) { /* the C remote loads in flight together */
             Mk[k] = -INFINITY;
             Lk[k] = 0.0f;
             Ak[k] = 0.0f;
             if (k < C) {
-                const float *r = parts + k * P + h * (d + 2);
+                const float *r = cluster.map_shared_rank(part, k) + h * (d + 2);
                 Mk[k] = r[0];
                 Lk[k] = r[1];
                 Ak[k] = r[2 + i];
@@ -86,12 +85,6 @@ static __device__ __forceinline__ void merge_parts(const attend_params &a, const
 }
 #endif
 
-/* Floats of a block's attend result in the parts exchange: [G][2 + d] (m, l, sums), rounded to 16 bytes. */
-static __host__ __device__ __forceinline__ int32_t fused_part_floats(int32_t G, int32_t d)
-{
-    return (G * (d + 2) + 3) & ~3;
-}
-
 /* The default rule takes the fused step only for plans of at most this many tokens: at B1 n128K it
  * was slower than the three launches in both modes (call 2 of session 5b; its attend phase has a
  * cluster's 8 blocks per item where the attend kernel spreads an item over up to 33), faster at 32K. */
@@ -113,30 +106,28 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
     namespace cg = cooperative_groups;
     constexpr int VEC = 16 / (DT == HA_F32 ? 4 : 2);
     extern __shared__ __align__(16) uint32_t smem[];
+    __shared__ __align__(16) float act[2][CU_ENCODE_ROW_WIDTH];
+    __shared__ float last_out[CU_ENCODE_ROW_WIDTH];
     __shared__ uint32_t query_code[G];
-    __shared__ __align__(8) split_barriers layer_ready;
-    __shared__ int64_t token_s[CU_SPLIT_MAX_ENCODES];
     cu_let_next_grid_start();
     cg::cluster_group cluster = cg::this_cluster();
     const int32_t C = p.m.chunks, c = (int32_t)cluster.block_rank();
     const int64_t item = blockIdx.x / C;
     const int32_t b = (int32_t)(item / p.m.sel_heads), s = (int32_t)(item % p.m.sel_heads);
-    const int32_t d = p.a.head_dim, P = fused_part_floats(G, d);
-    __shared__ __align__(8) uint64_t parts_ready; /* the other blocks' attend results have arrived */
-    if (threadIdx.x == 0) { /* set up before encode_split_issue's fence and cluster barrier */
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(&parts_ready)));
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(&parts_ready)),
-                     "r"((uint32_t)((C - 1) * P * 4))
-                     : "memory");
-    }
 
-    /* 1. the item's encodes (the G query heads s·G + e, then the new keys of sequence b under key head s:
-     *    the key-code heads are the selection heads), split over the cluster's blocks; every block's
-     *    weight rows are requested now, before the wait (they are constant) */
-    encode_split_issue(p.job, p.enc, (float *)smem, layer_ready, b, s);
-    cu_wait_prior_grids(); /* lengths, key codes, K, V and the input rows of the earlier kernels */
+    /* 1. the cluster's encodes, task t by block t mod C: the group's query heads s·G + t (t < G), then
+     *    the new keys j = t − G of sequence b under key head s (the key-code heads are the selection
+     *    heads), written to the code cache for the steps after this one */
+    for (int t = c; t < G + p.key_rows; t += C) {
+        if (t != c)
+            __syncthreads(); /* the previous task is done with act and last_out */
+        const bool key = t >= G; /* one inlined copy of the encode (two cost spills) */
+        encode_row_item<2>(key ? p.key : p.query, key ? s : s * G + t, key ? (int64_t)b * p.key_rows + (t - G) : b,
+                           act, last_out, key ? NULL : &query_code[t]);
+    }
+    cu_wait_prior_grids(); /* lengths, key codes, K and V of the earlier kernels */
     const item_geometry g = geometry(p.m, b);
-    if (!g.keep_all) { /* the chunk's key codes to L2 while the encodes run */
+    if (c >= G && !g.keep_all) { /* no code to make: the chunk's key codes to L2 while the others encode */
         int64_t lo, hi;
         chunk_range(g, C, c, &lo, &hi);
         const uint32_t *codes = (const uint32_t *)p.m.k_codes.data + b * p.m.k_codes.stride_seq +
@@ -144,7 +135,7 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
         for (int64_t t = (lo & ~(int64_t)31) + 32 * threadIdx.x; t < hi; t += 32 * blockDim.x) /* 128-byte lines */
             asm volatile("prefetch.global.L2 [%0];\n" ::"l"(codes + t));
     }
-    encode_split_run(p.job, p.enc, (float *)smem, layer_ready, token_s, query_code, b, s); /* every code is here */
+    cluster.sync(); /* every code of the group is in its block's shared memory */
 
     /* 2. the match of this block's chunk */
     /* what phase 3 needs of the geometry, through shared memory: not held in registers across phase 2 */
@@ -157,14 +148,14 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
     const uint32_t mask = cu_code_word_mask(0, p.m.bits);
     match_cluster_item<4, G, uint8_t, HL>(p.m, smem, g, item, b, s, row, [&](uint32_t *qs) {
         if (threadIdx.x < G)
-            qs[threadIdx.x] = query_code[threadIdx.x] & mask;
+            qs[threadIdx.x] = *cluster.map_shared_rank(&query_code[threadIdx.x], threadIdx.x % C) & mask;
     });
     cluster.sync(); /* the whole index row is written and visible to every block of the cluster */
 
-    /* 3. attend over the c-th part of the row; its part into slot c of every block's parts; merge */
+    /* 3. attend over the c-th part of the row, then merge the C parts */
     const int64_t count = kept_s;
-    const int32_t h0 = s * G;
-    float *fsmem = (float *)smem, *parts = fsmem + p.part_offset, *part = parts + c * P; /* part: [G][2 + d] */
+    const int32_t h0 = s * G, d = p.a.head_dim;
+    float *fsmem = (float *)smem, *part = fsmem + p.part_offset; /* part: [G][2 + d] */
     attend_rows<DT, VEC, G, attend_rows_in_flight<DT, G>()>(p.a, attend_lane_layout(p.a), fsmem, b, h0, h0 / p.a.group,
                                                             length_s, p.m.indices + item * p.m.index_stride,
                                                             count * c / C, count * (c + 1) / C);
@@ -178,14 +169,10 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
             part[h * (d + 2) + 1] = L;
         }
     }
-    __syncthreads(); /* the part is complete */
-    for (int i = threadIdx.x; i < (C - 1) * (P / 4); i += blockDim.x) {
-        const int k = i / (P / 4), q = i % (P / 4), rank = k < c ? k : k + 1;
-        const float4 v = *(const float4 *)&part[4 * q];
-        st_async_v4(&part[4 * q], v, &parts_ready, rank);
-    }
-    mbar_wait(&parts_ready); /* the other blocks' parts */
-    merge_parts<G>(p.a, parts, P, C, c, b, h0);
+    cluster.sync(); /* every block's part is complete */
+    merge_parts<G>(p.a, cluster, part, (int32_t)(blockIdx.x / p.m.chunks / p.m.sel_heads),
+                   (int32_t)(blockIdx.x / p.m.chunks % p.m.sel_heads) * G);
+    cluster.sync(); /* the other blocks are done with this one's part */
 #else
     (void)p;
     __trap(); /* launched only on sm_90 and newer */
@@ -289,27 +276,26 @@ ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decod
     if (st == HA_OK)
         st = cu_attend_params(ctx, plan, aa, &p.a, &vector);
     if (st == HA_OK)
-        st = cu_encode_job(plan, qa, &p.job[0], &empty);
-    if (st != HA_OK || empty || !cu_encode_row_fits(&p.job[0]) || p.job[0].words != 1)
+        st = cu_encode_job(plan, qa, &p.query, &empty);
+    if (st != HA_OK || empty || !cu_encode_row_fits(&p.query) || p.query.words != 1)
         return st;
     const int32_t G = p.m.group;
     if ((G != 1 && G != 4) || !vector || p.a.unit_heads != G || p.a.group % G != 0)
         return HA_OK;
     if (ka->count > 0) {
-        st = cu_encode_job(plan, ka, &p.job[1], &empty);
-        if (st != HA_OK || (!empty && (!cu_encode_row_fits(&p.job[1]) || p.job[1].heads != ma->sel_heads)) ||
-            p.job[1].words > CU_MATCH_THREADS / 32)
+        st = cu_encode_job(plan, ka, &p.key, &empty);
+        if (st != HA_OK || (!empty && (!cu_encode_row_fits(&p.key) || p.key.heads != ma->sel_heads)) ||
+            p.key.words > CU_MATCH_THREADS / 32)
             return st;
-        p.key_rows = empty ? 0 : p.job[1].count;
+        p.key_rows = empty ? 0 : p.key.count;
     }
-    if (G + p.key_rows > CU_SPLIT_MAX_ENCODES)
-        return HA_OK;
 
     /* the match's partition: the most chunks (≤ the one-launch match's) whose clusters all run at once
      * (a cluster left for a second wave doubles the step: call 2 of session 5b) */
     const int64_t items = (int64_t)ma->batch * ma->sel_heads;
     const int32_t slots = (CU_MATCH_THREADS / 32) * (32 / p.a.lanes_per_row);
-    p.part_offset = ((int64_t)attend_smem_floats(slots, G, p.a.head_dim) + 3) & ~(int64_t)3; /* 16-byte aligned */
+    p.part_offset = (int64_t)attend_smem_floats(slots, G, p.a.head_dim);
+    const size_t attend_smem = ((size_t)p.part_offset + (size_t)G * (p.a.head_dim + 2)) * sizeof(float);
     fused_kernel_fn kernel = NULL;
     size_t smem = 0;
     int32_t C = cu_match_cluster_size(plan, items);
@@ -318,15 +304,14 @@ ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decod
         if (!cu_match_cluster_fits(ctx, p.m, (p.m.max_tokens + C - 1) / C))
             return HA_OK;
         const size_t match_smem = cu_match_cluster_setup(ctx, &p.m);
-        const size_t encode_smem = split_plan(&p.job[0], &p.job[1], G, p.key_rows, C, &p.enc);
-        const size_t attend_smem = ((size_t)p.part_offset + (size_t)C * fused_part_floats(G, p.a.head_dim)) * sizeof(float);
         smem = match_smem > attend_smem ? match_smem : attend_smem;
-        smem = encode_smem > smem ? encode_smem : smem;
         kernel = pick_kernel(G, p.m.hist_lanes, aa->k.dtype);
         if (!kernel || smem + 4096 > ctx->smem_optin) /* 4 KB: the kernel's static shared memory */
             return HA_OK;
         if (ctx->fused == 1)
             break; /* tests: wherever it applies */
+        if (G + p.key_rows > C) /* the encodes would take turns */
+            return HA_OK;
         int active = 0;
         st = max_active_clusters(ctx, kernel, C, smem, &active);
         if (st != HA_OK)

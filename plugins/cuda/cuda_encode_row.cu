@@ -36,7 +36,7 @@ static __global__ void __launch_bounds__(CU_ENCODE_ROW_THREADS, 1) encode_row_ke
         const encode_job &J = encode_item(p.job, item, &local);
         int64_t rho;
         const int32_t m = (int32_t)encode_div(local, J.rows, &rho);
-        encode_row_item(J, m, rho, act, last_out);
+        encode_row_item<1>(J, m, rho, act, last_out, NULL);
         if (item + gridDim.x < total)
             __syncthreads(); /* the next item writes act and last_out */
     }

@@ -1,12 +1,13 @@
 /*
  * cuda_encode_row.cuh — the encode of one row by one block, as a device function: the body of the
- * one-row kernel (cuda_encode_row.cu, 16 warps); its slot reduction is shared with the fused decode
- * step's split encode (cuda_encode_split.cuh).
+ * one-row kernel (cuda_encode_row.cu, 16 warps) and of the fused decode step's encode phase
+ * (cuda_decode_fused.cu, 8 warps, each taking two warps' share of the outputs in turn).
  *
  * Warp w of the 16-warp layout owns outputs j·16 + w (j < 8) of every layer, lane i the inputs
  * 4i..4i+3; the weights (cu_mlp row_storage: output-major, rows padded to 4 floats) are streamed
  * straight from global memory into registers, 512 contiguous bytes per warp and output, and the dot
- * products are formed with shuffles.
+ * products are formed with shuffles. With 8 physical warps, warp w runs the 16-warp layout's warps w
+ * and w + 8 one after the other ("passes").
  */
 #ifndef HA_CUDA_ENCODE_ROW_CUH
 #define HA_CUDA_ENCODE_ROW_CUH
@@ -77,22 +78,31 @@ static __device__ __forceinline__ float4 clip_inputs(float4 x, int k, int I)
 }
 
 /*
- * Row rho of job J through MLP head m, its code written to J.out. Every thread of the block (ROW_WARPS
- * warps) calls it. Waits for the previous grids (cu_wait_prior_grids) after issuing the first weight
- * loads. act and last_out: the block's shared buffers; the caller puts a barrier between two calls.
+ * Row rho of job J through MLP head m, its code written to J.out (and word w to code_smem[w] where
+ * code_smem is not NULL). Every thread of the block calls it; the block has ROW_WARPS / PASSES warps.
+ * Waits for the previous grids (cu_wait_prior_grids) after issuing the first weight loads. act and
+ * last_out: the block's shared buffers; the caller puts a barrier between two calls.
  *
- * Layers 0 and 1 are loaded before the wait (the weights are constant), layer l + 2 is issued into
- * layer l's registers as soon as layer l's products are formed.
+ * PASSES 1: layers 0 and 1 are loaded before the wait (the weights are constant), layer l + 2 is
+ * issued into layer l's registers as soon as layer l's products are formed. PASSES 2: both passes of
+ * layer 0 are loaded before the wait, and a pass's registers take the next layer's weights of that
+ * pass as soon as its products are formed.
  */
+template <int PASSES>
 static __device__ __forceinline__ void encode_row_item(const encode_job &J, int32_t m, int64_t rho,
-                                                       float (&act)[2][CU_ENCODE_ROW_WIDTH], float *last_out)
+                                                       float (&act)[2][CU_ENCODE_ROW_WIDTH], float *last_out,
+                                                       uint32_t *code_smem)
 {
+    static_assert(PASSES == 1 || PASSES == 2, "16 or 8 warps");
+    constexpr int WARPS = ROW_WARPS / PASSES;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, k = 4 * lane;
     const float *P = J.row_params + (int64_t)m * J.row_head_floats;
 
-    row_layer L[2]; /* layers l and l + 1 */
+    row_layer L[2]; /* PASSES 1: layers l and l + 1; PASSES 2: the two passes of layer l */
     load_layer(P, J, 0, warp, lane, L[0]);
-    if (J.depth > 1)
+    if (PASSES == 2)
+        load_layer(P, J, 0, warp + WARPS, lane, L[1]);
+    else if (J.depth > 1)
         load_layer(P, J, 1, warp, lane, L[1]);
     cu_wait_prior_grids();
     int64_t t;
@@ -115,21 +125,27 @@ static __device__ __forceinline__ void encode_row_item(const encode_job &J, int3
         if (l > 0) /* layer l - 1's outputs, complete after the barrier that ended it */
             x = k < J.dims[l] ? clip_inputs(*(const float4 *)&act[(l - 1) & 1][k], k, J.dims[l])
                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        row_layer &Ly = L[l & 1];
-        float v[ROW_SLOTS];
 #pragma unroll
-        for (int j = 0; j < ROW_SLOTS; j++)
-            v[j] = fmaf(x.w, Ly.w[j].w, fmaf(x.z, Ly.w[j].z, fmaf(x.y, Ly.w[j].y, x.x * Ly.w[j].x)));
-        const float bias = Ly.bias;
-        if (l + 2 < J.depth) /* Ly's registers are free: layer l + 2 arrives during this one */
-            load_layer(P, J, l + 2, warp, lane, Ly);
-        const float s = reduce_slots(v, lane) + bias;
-        const int o = slot_output(lane_slot(lane), warp);
-        if ((lane & 3) == 0 && o < J.dims[l + 1]) {
-            if (l == J.depth - 1)
-                last_out[o] = s;
-            else
-                act[l & 1][o] = encode_silu(s);
+        for (int pass = 0; pass < PASSES; pass++) {
+            row_layer &Ly = PASSES == 1 ? L[l & 1] : L[pass];
+            const int vwarp = warp + WARPS * pass; /* the warp of the 16-warp layout */
+            float v[ROW_SLOTS];
+#pragma unroll
+            for (int j = 0; j < ROW_SLOTS; j++)
+                v[j] = fmaf(x.w, Ly.w[j].w, fmaf(x.z, Ly.w[j].z, fmaf(x.y, Ly.w[j].y, x.x * Ly.w[j].x)));
+            const float bias = Ly.bias;
+            if (PASSES == 1 && l + 2 < J.depth) /* Ly's registers are free: layer l + 2 arrives during this one */
+                load_layer(P, J, l + 2, warp, lane, Ly);
+            if (PASSES == 2 && l + 1 < J.depth)
+                load_layer(P, J, l + 1, vwarp, lane, Ly);
+            const float s = reduce_slots(v, lane) + bias;
+            const int o = slot_output(lane_slot(lane), vwarp);
+            if ((lane & 3) == 0 && o < J.dims[l + 1]) {
+                if (l == J.depth - 1)
+                    last_out[o] = s;
+                else
+                    act[l & 1][o] = encode_silu(s);
+            }
         }
         __syncthreads();
     }
@@ -139,6 +155,8 @@ static __device__ __forceinline__ void encode_row_item(const encode_job &J, int3
         const unsigned word = __ballot_sync(0xffffffffu, tid < J.dims[J.depth] && last_out[tid] > 0.0f);
         if (lane == 0 && t >= 0)
             ((uint32_t *)cu_row(J.out, sizeof(uint32_t), b, m, t))[warp] = word;
+        if (lane == 0 && code_smem)
+            code_smem[warp] = word;
     }
 }
 
