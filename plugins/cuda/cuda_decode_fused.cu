@@ -217,45 +217,6 @@ ha_status cu_decode_fused_prepare(const cu_ctx *ctx)
     return st;
 }
 
-/* Clusters of C blocks of `kernel` with smem bytes each that the device runs at once (occupancy query,
- * no device work), remembered per thread for the last few shapes asked. */
-static ha_status max_active_clusters(const cu_ctx *ctx, fused_kernel_fn kernel, int32_t C, size_t smem, int *out)
-{
-    struct entry {
-        fused_kernel_fn kernel;
-        int device;
-        int32_t C;
-        size_t smem;
-        int active;
-    };
-    static thread_local entry seen[16];
-    static thread_local unsigned next;
-    for (const entry &e : seen)
-        if (e.kernel == kernel && e.device == ctx->device && e.C == C && e.smem == smem) {
-            *out = e.active;
-            return HA_OK;
-        }
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = (unsigned)C;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)C);
-    cfg.blockDim = dim3(CU_MATCH_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int active = 0;
-    ha_status st = cu_check(cudaOccupancyMaxActiveClusters(&active, kernel, &cfg),
-                            "cuda decode: cudaOccupancyMaxActiveClusters");
-    if (st != HA_OK)
-        return st;
-    seen[next++ % 16] = entry{kernel, ctx->device, C, smem, active};
-    *out = active;
-    return HA_OK;
-}
-
 ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decode_args *d, bool *launched)
 {
     *launched = false;
@@ -313,7 +274,7 @@ ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decod
         if (G + p.key_rows > C) /* the encodes would take turns */
             return HA_OK;
         int active = 0;
-        st = max_active_clusters(ctx, kernel, C, smem, &active);
+        st = cu_max_active_clusters(ctx, kernel, C, smem, &active);
         if (st != HA_OK)
             return st;
         if (items <= active)
