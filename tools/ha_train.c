@@ -947,7 +947,7 @@ int main(int argc, char **argv)
     /* training */
     int32_t *rows = malloc((size_t)o.rows_per_window * sizeof(int32_t));
     int32_t *perm = malloc((size_t)o.rows_per_window * sizeof(int32_t));
-    double first_loss = -1.0, last_loss = 0.0, vloss = v0;
+    double first_loss = NAN, last_loss = 0.0, vloss = v0;
     const double t_train = now_s();
     for (int32_t step = 1; step <= o.steps; step++) {
         const tr_window *w = &win[(step - 1) % o.windows];
@@ -977,7 +977,7 @@ int main(int argc, char **argv)
             for (int32_t i = 0; i < p.n_tasks; i++)
                 loss += tl[i];
             loss /= (double)(n_sparse * cfg->num_q_heads);
-            if (first_loss < 0.0)
+            if (isnan(first_loss)) /* --loss mass: losses may be negative */
                 first_loss = loss;
             last_loss = loss;
         }
