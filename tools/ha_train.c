@@ -9,7 +9,9 @@
  * Beyond the paper (docs/quality.md): --target-frac puts the targets at the evaluation budgets
  * (positives = the ⌊f·n⌋ largest logits of a row of length n; with several fractions the label is
  * the share of them that keep j, a soft label in the same BCE), and --mass-gamma weights positives
- * by their attention probability relative to the threshold's.
+ * by their attention probability relative to the threshold's. --loss mass adds (or, with --mass-bce 0,
+ * puts instead of the BCE) a loss that rewards the attention mass kept at the target budgets rather
+ * than membership (ha_train_loss.h); --init starts from a weights file (fine-tuning).
  *
  * Paper mode: one (F_q, F_k) pair per (layer, query head). Group mode: F_k per (layer, KV head),
  * trained on the per-query-head objective of every query head of its group (each with its own F_q).
@@ -32,6 +34,7 @@
 #include "tool_cli.h"
 #include "ha_shared.h"
 #include "ha_train_data.h"
+#include "ha_train_loss.h"
 #include "ha_train_mlp.h"
 #include "lm.h"
 #include "weights_host.h"
@@ -39,13 +42,13 @@
 #define PROGRAM "ha-train"
 
 typedef struct options {
-    const char *model, *text, *out, *eval_text, *dense_layers;
+    const char *model, *text, *out, *eval_text, *dense_layers, *init;
     int32_t n_levels;
     double target_frac[TR_MAX_LEVELS]; /* --target-frac; n_levels 0: the paper's top-k target */
-    int group_mode;
+    int group_mode, loss_mass;
     int32_t bits, depth, hidden, windows, window, rows_per_window, rows, steps, min_pos, val_rows;
     int32_t sink, local, topk, log_every, val_every;
-    float lr, alpha, mass_gamma;
+    float lr, alpha, mass_gamma, mass_temp, mass_bce;
     ha_st_dtype dtype;
     uint64_t seed;
 } options;
@@ -74,6 +77,14 @@ static void usage(FILE *to)
             "                         length n; with several, the label is the share of budgets keeping j\n"
             "  --mass-gamma G         weight positives by min((p_j/p_thr)^G, 64), p the attention\n"
             "                         probability, thr the lowest threshold (default 0: off)\n"
+            "  --loss bce|mass        bce: the weighted BCE above (default); mass: also reward the attention\n"
+            "                         mass a soft top-K of the scores keeps at each target level,\n"
+            "                         -mean_l sum_j p_j sigmoid((s_j - theta_l)/T), theta_l the soft quantile\n"
+            "                         (sum_j sigmoid(...) = K_l), p the true attention over the candidates\n"
+            "  --mass-temp T          temperature T of --loss mass in score units (default 1)\n"
+            "  --mass-bce W           weight of the BCE added to --loss mass (default 1; 0: mass loss alone)\n"
+            "  --init FILE            start from this weights file's MLPs (same bits, depth, widths, mode;\n"
+            "                         every trained layer sparse in it) instead of random ones\n"
             "  --sink S --local L     budget the candidates exclude (128, 128)\n"
             "  --val-rows V           validation rows: the last V positions of the last window of the\n"
             "                         text (default 512); also the rows of --eval-text\n"
@@ -116,10 +127,10 @@ static int parse_options(int argc, char **argv, options *o)
     *o = (options){.dense_layers = "0,1,2", .bits = 32, .depth = 3, .hidden = -1, .windows = 8, .window = 8192,
                    .rows_per_window = 1024, .rows = 256, .steps = 400, .min_pos = 1024, .val_rows = 512,
                    .sink = 128, .local = 128, .topk = 32, .log_every = 10, .val_every = 100, .lr = 1e-3f,
-                   .alpha = 20.0f, .dtype = HA_ST_F16, .seed = 1};
+                   .alpha = 20.0f, .mass_temp = 1.0f, .mass_bce = 1.0f, .dtype = HA_ST_F16, .seed = 1};
     enum { O_MODEL = 256, O_TEXT, O_OUT, O_MODE, O_BITS, O_DEPTH, O_HIDDEN, O_DENSE, O_WINDOWS, O_WINDOW, O_RPW,
            O_MINPOS, O_ROWS, O_STEPS, O_LR, O_ALPHA, O_TOPK, O_SINK, O_LOCAL, O_VALROWS, O_EVAL, O_DTYPE, O_SEED,
-           O_LOG, O_VALEVERY, O_TFRAC, O_MASS, O_HELP };
+           O_LOG, O_VALEVERY, O_TFRAC, O_MASS, O_LOSS, O_MTEMP, O_MBCE, O_INIT, O_HELP };
     static const struct option longopts[] = {
         {"model", 1, 0, O_MODEL}, {"text", 1, 0, O_TEXT}, {"out", 1, 0, O_OUT}, {"mode", 1, 0, O_MODE},
         {"bits", 1, 0, O_BITS}, {"depth", 1, 0, O_DEPTH}, {"hidden", 1, 0, O_HIDDEN},
@@ -128,7 +139,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"steps", 1, 0, O_STEPS}, {"lr", 1, 0, O_LR}, {"alpha", 1, 0, O_ALPHA}, {"topk", 1, 0, O_TOPK},
         {"sink", 1, 0, O_SINK}, {"local", 1, 0, O_LOCAL}, {"val-rows", 1, 0, O_VALROWS},
         {"eval-text", 1, 0, O_EVAL}, {"dtype", 1, 0, O_DTYPE}, {"seed", 1, 0, O_SEED},
-        {"target-frac", 1, 0, O_TFRAC}, {"mass-gamma", 1, 0, O_MASS}, {"log-every", 1, 0, O_LOG}, {"val-every", 1, 0, O_VALEVERY}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"target-frac", 1, 0, O_TFRAC}, {"mass-gamma", 1, 0, O_MASS}, {"loss", 1, 0, O_LOSS},
+        {"mass-temp", 1, 0, O_MTEMP}, {"mass-bce", 1, 0, O_MBCE}, {"init", 1, 0, O_INIT}, {"log-every", 1, 0, O_LOG}, {"val-every", 1, 0, O_VALEVERY}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int ok = 1;
@@ -157,6 +169,17 @@ static int parse_options(int argc, char **argv, options *o)
         case O_TOPK: ok = tool_parse_int("--topk", optarg, 1, 1024, &o->topk); break;
         case O_TFRAC: ok = parse_fracs(optarg, o); break;
         case O_MASS: ok = parse_f32("--mass-gamma", optarg, &o->mass_gamma); break;
+        case O_LOSS:
+            if (!strcmp(optarg, "bce")) o->loss_mass = 0;
+            else if (!strcmp(optarg, "mass")) o->loss_mass = 1;
+            else ok = tool_complain("--loss: bce or mass, got '%s'", optarg);
+            break;
+        case O_MTEMP: ok = parse_f32("--mass-temp", optarg, &o->mass_temp); break;
+        case O_MBCE:
+            if (strcmp(optarg, "0") == 0) o->mass_bce = 0.0f;
+            else ok = parse_f32("--mass-bce", optarg, &o->mass_bce);
+            break;
+        case O_INIT: o->init = optarg; break;
         case O_SINK: ok = tool_parse_int("--sink", optarg, 0, 1 << 20, &o->sink); break;
         case O_LOCAL: ok = tool_parse_int("--local", optarg, 0, 1 << 20, &o->local); break;
         case O_VALROWS: ok = tool_parse_int("--val-rows", optarg, 1, 1 << 20, &o->val_rows); break;
@@ -178,6 +201,8 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (optind != argc)
         return tool_complain("unexpected argument '%s'", argv[optind]);
+    if (!o->loss_mass && (o->mass_temp != 1.0f || o->mass_bce != 1.0f))
+        return tool_complain("--mass-temp and --mass-bce need --loss mass");
     if (!o->model || !o->text || !o->out)
         return tool_complain("--model, --text and --out are required (see --help)");
     const int64_t need = (int64_t)o->sink + o->local + o->topk;
@@ -312,6 +337,7 @@ typedef struct task {
 typedef struct scratch {
     tr_mlp_work wk, wq;
     float *tkt, *dtkt, *dtk, *qx, *dtq, *g, *lg, *y;
+    float *pm, *mg, *tmp; /* --loss mass: probabilities, its gradient, scratch [keys] */
 } scratch;
 
 typedef struct problem {
@@ -336,7 +362,11 @@ static int scratch_init(scratch *s, const problem *p, int64_t max_keys, int64_t 
     s->g = malloc((size_t)max_keys * sizeof(float));
     s->lg = malloc((size_t)max_keys * sizeof(float));
     s->y = malloc((size_t)max_keys * sizeof(float));
-    return s->tkt && s->dtkt && s->dtk && s->qx && s->dtq && s->g && s->lg && s->y ? 0 : -1;
+    s->pm = malloc((size_t)max_keys * sizeof(float));
+    s->mg = malloc((size_t)max_keys * sizeof(float));
+    s->tmp = malloc((size_t)max_keys * sizeof(float));
+    return s->tkt && s->dtkt && s->dtk && s->qx && s->dtq && s->g && s->lg && s->y && s->pm && s->mg && s->tmp ? 0
+                                                                                                               : -1;
 }
 
 static void scratch_free(scratch *s)
@@ -351,6 +381,9 @@ static void scratch_free(scratch *s)
     free(s->g);
     free(s->lg);
     free(s->y);
+    free(s->pm);
+    free(s->mg);
+    free(s->tmp);
 }
 
 static float softplus(float x)
@@ -359,8 +392,38 @@ static float softplus(float x)
 }
 
 /**
+ * --loss mass of one row: p = the true attention over the nc candidates (softmax of the logits lg),
+ * the budgets of the target levels at the row's length len; returns the row's mass loss and, when
+ * grad is not NULL, writes gscale · its gradient over the scores sc there.
+ */
+static double mass_row(const problem *p, scratch *s, const float *sc, const float *lg, int64_t nc, int64_t len,
+                       float *grad, float gscale)
+{
+    const tr_data_geom *g = &p->geom;
+    const float scale = 1.0f / sqrtf((float)g->head_dim);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < nc; j++)
+        mx = lg[j] > mx ? lg[j] : mx;
+    double z = 0.0;
+    for (int64_t j = 0; j < nc; j++) {
+        s->pm[j] = tr_exp(scale * (lg[j] - mx));
+        z += (double)s->pm[j];
+    }
+    const float inv_z = (float)(1.0 / z);
+    for (int64_t j = 0; j < nc; j++)
+        s->pm[j] *= inv_z;
+    int64_t counts[TR_MAX_LEVELS];
+    for (int32_t l = 0; l < g->n_levels; l++)
+        counts[l] = tr_level_count(g, l, len, nc);
+    if (grad)
+        memset(grad, 0, (size_t)nc * sizeof(float));
+    return tr_mass_loss_row(sc, s->pm, nc, counts, g->n_levels, p->o->mass_temp, grad, gscale, s->tmp);
+}
+
+/**
  * Loss of a task on rows[0..nr) of window w (indices into w's rows), mean over each query head's
- * (row, candidate) pairs, summed over the task's query heads. With train set, also accumulates the
+ * (row, candidate) pairs, summed over the task's query heads; with --loss mass, plus the mean over
+ * rows of the mass loss (the BCE weighted by --mass-bce). With train set, also accumulates the
  * gradients (the caller zeroes them before and steps Adam after). want_loss: compute the loss value
  * (costs a log per pair), else returns 0.
  */
@@ -395,8 +458,9 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
         double pairs = 0.0;
         for (int32_t r = 0; r < nr; r++)
             pairs += (double)(w->pos[rows[r]] + 1 - g->local - g->sink);
-        const float inv = (float)(1.0 / pairs);
-        double head_loss = 0.0;
+        const float bce_w = o->loss_mass ? o->mass_bce : 1.0f;
+        const float inv = (float)(bce_w / pairs);
+        double head_loss = 0.0, head_mass = 0.0;
         for (int32_t r = 0; r < nr; r++) {
             const int64_t nc = (int64_t)w->pos[rows[r]] + 1 - g->local - g->sink;
             const float *tqr = tq + (size_t)r * (size_t)b;
@@ -418,6 +482,9 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
                 lowest = thr[l] < lowest ? thr[l] : lowest;
             for (int64_t j = 0; j < nc; j++)
                 lg[j] = tr_dot(qi, keys + (size_t)j * (size_t)d, d);
+            if (o->loss_mass)
+                head_mass += mass_row(p, s, sc, lg, nc, (int64_t)w->pos[rows[r]] + 1, train ? s->mg : NULL,
+                                      1.0f / (float)nr);
             const float inv_levels = 1.0f / (float)L;
             for (int64_t j = 0; j < nc; j++) {
                 int32_t in = 0;
@@ -444,6 +511,9 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
                 sc[j] = tr_sigmoid(sc[j]) * inv;
             for (int64_t j = 0; j < nc; j++)
                 sc[j] = sc[j] * (1.0f - y[j]) + lg[j] * y[j] * (sc[j] - inv);
+            if (o->loss_mass)
+                for (int64_t j = 0; j < nc; j++)
+                    sc[j] += s->mg[j];
             float *dtqr = s->dtq + (size_t)r * (size_t)b;
             for (int32_t c = 0; c < b; c++) {
                 const float *restrict col = s->tkt + (size_t)c * (size_t)nk;
@@ -458,7 +528,7 @@ static double task_pass(task *t, scratch *s, const problem *p, const tr_window *
                 dtqr[c] = acc;
             }
         }
-        loss += head_loss / pairs;
+        loss += (double)bce_w * head_loss / pairs + head_mass / nr;
         if (train)
             tr_mlp_backward(fq, &s->wq, s->qx, nr, s->dtq);
     }
@@ -639,9 +709,72 @@ static void report_recall(problem *p, const tr_window *w, const char *what)
     }
 }
 
-/* ---- writing ----------------------------------------------------------------------------------- */
+/* ---- reading (--init) and writing ------------------------------------------------------------- */
 
-static int write_weights(const problem *p, const lm_config *cfg, const uint8_t *dense)
+/**
+ * Copies every task's MLPs into the weights wh (to_file) or from them. From a file, checks first that
+ * each trained layer is sparse there and its MLP widths are the tasks'.
+ */
+static int copy_task_mlps(problem *p, ha_weights_host *wh, int to_file, const char *path)
+{
+    const tr_data_geom *g = &p->geom;
+    for (int32_t i = 0; i < p->n_tasks; i++) {
+        task *t = &p->tasks[i];
+        const int32_t l = g->layers[t->sl];
+        if (!to_file && wh->dense[l])
+            return tool_complain("--init %s: layer %d is dense there", path, (int)l);
+        for (int32_t side = 0; side < 2; side++) {
+            const int32_t nf = side ? 1 : t->n_q;
+            for (int32_t f = 0; f < nf; f++) {
+                tr_mlp *m = side ? &t->fk : &t->fq[f];
+                const int32_t head = side ? (p->o->group_mode ? t->kv_head : t->q_first) : t->q_first + f;
+                const ha_mlp_desc *desc = side ? &wh->k[l] : &wh->q[l];
+                for (int32_t k = 0; !to_file && k <= m->depth; k++)
+                    if (desc->dims[k] != m->dims[k])
+                        return tool_complain("--init %s: layer %d's %s MLP has width %d at level %d, want %d (--hidden)",
+                                             path, (int)l, side ? "key" : "query", (int)desc->dims[k], (int)k,
+                                             (int)m->dims[k]);
+                for (int32_t k = 0; k < m->depth; k++) {
+                    const size_t out = (size_t)m->dims[k + 1], in = (size_t)m->dims[k];
+                    float *fw = (float *)desc->w[k] + (size_t)head * out * in, *fb = (float *)desc->b[k] + (size_t)head * out;
+                    memcpy(to_file ? fw : m->p + m->w_off[k], to_file ? m->p + m->w_off[k] : fw, out * in * sizeof(float));
+                    memcpy(to_file ? fb : m->p + m->b_off[k], to_file ? m->p + m->b_off[k] : fb, out * sizeof(float));
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+/** --init: the tasks' MLPs from a weights file of the same geometry (read through the core's validator). */
+static int init_weights(problem *p, const lm_config *cfg, const char *path)
+{
+    const options *o = p->o;
+    const tr_data_geom *g = &p->geom;
+    char err[512];
+    ha_st_file f;
+    if (ha_st_open(path, &f, err, sizeof(err)) != HA_OK)
+        return tool_complain("--init: %s", err);
+    ha_weights_host wh;
+    ha_status st = ha_weights_host_from_st(&f, &wh, err, sizeof(err));
+    ha_st_close(&f);
+    if (st != HA_OK)
+        return tool_complain("--init %s: %s", path, err);
+    const int32_t k_heads = o->group_mode ? g->kv_heads : g->q_heads;
+    int ok = 1;
+    if (wh.num_layers != cfg->num_layers || wh.bits != o->bits || wh.depth != o->depth || wh.head_dim != g->head_dim ||
+        wh.q_heads != g->q_heads || wh.k_heads != k_heads)
+        ok = tool_complain("--init %s: geometry (layers %d, bits %d, depth %d, head_dim %d, q_heads %d, k_heads %d) is "
+                           "not this run's (%d, %d, %d, %d, %d, %d; --bits, --depth, --mode)",
+                           path, (int)wh.num_layers, (int)wh.bits, (int)wh.depth, (int)wh.head_dim, (int)wh.q_heads,
+                           (int)wh.k_heads, (int)cfg->num_layers, (int)o->bits, (int)o->depth, (int)g->head_dim,
+                           (int)g->q_heads, (int)k_heads);
+    ok = ok && copy_task_mlps(p, &wh, 0, path);
+    ha_weights_host_free(&wh);
+    return ok;
+}
+
+static int write_weights(problem *p, const lm_config *cfg, const uint8_t *dense)
 {
     const options *o = p->o;
     const tr_data_geom *g = &p->geom;
@@ -651,23 +784,7 @@ static int write_weights(const problem *p, const lm_config *cfg, const uint8_t *
                                          k_heads, dense);
     if (st != HA_OK)
         return tool_complain("cannot allocate the weights: %s", ha_status_string(st));
-    for (int32_t i = 0; i < p->n_tasks; i++) {
-        const task *t = &p->tasks[i];
-        const int32_t l = g->layers[t->sl];
-        for (int32_t side = 0; side < 2; side++) {
-            const int32_t nf = side ? 1 : t->n_q;
-            for (int32_t f = 0; f < nf; f++) {
-                const tr_mlp *m = side ? &t->fk : &t->fq[f];
-                const int32_t head = side ? (o->group_mode ? t->kv_head : t->q_first) : t->q_first + f;
-                const ha_mlp_desc *desc = side ? &wh.k[l] : &wh.q[l];
-                for (int32_t k = 0; k < o->depth; k++) {
-                    const size_t out = (size_t)m->dims[k + 1], in = (size_t)m->dims[k];
-                    memcpy((float *)desc->w[k] + (size_t)head * out * in, m->p + m->w_off[k], out * in * sizeof(float));
-                    memcpy((float *)desc->b[k] + (size_t)head * out, m->p + m->b_off[k], out * sizeof(float));
-                }
-            }
-        }
-    }
+    copy_task_mlps(p, &wh, 1, o->out);
     char err[512];
     st = ha_weights_host_write(&wh, o->out, o->dtype, err, sizeof(err));
     ha_weights_host_free(&wh);
@@ -808,6 +925,8 @@ int main(int argc, char **argv)
                 return 1;
             }
         }
+    if (o.init && !init_weights(&p, cfg, o.init))
+        return 2;
     p.n_threads = omp_get_max_threads();
     p.scr = calloc((size_t)p.n_threads, sizeof(scratch));
     for (int i = 0; i < p.n_threads; i++)
@@ -828,7 +947,7 @@ int main(int argc, char **argv)
     /* training */
     int32_t *rows = malloc((size_t)o.rows_per_window * sizeof(int32_t));
     int32_t *perm = malloc((size_t)o.rows_per_window * sizeof(int32_t));
-    double first_loss = -1.0, last_loss = 0.0, vloss = v0;
+    double first_loss = NAN, last_loss = 0.0, vloss = v0;
     const double t_train = now_s();
     for (int32_t step = 1; step <= o.steps; step++) {
         const tr_window *w = &win[(step - 1) % o.windows];
@@ -858,7 +977,7 @@ int main(int argc, char **argv)
             for (int32_t i = 0; i < p.n_tasks; i++)
                 loss += tl[i];
             loss /= (double)(n_sparse * cfg->num_q_heads);
-            if (first_loss < 0.0)
+            if (isnan(first_loss)) /* --loss mass: losses may be negative */
                 first_loss = loss;
             last_loss = loss;
         }
