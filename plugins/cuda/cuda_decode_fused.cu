@@ -40,7 +40,6 @@ typedef struct fused_params {
     encode_job query;     /**< one row per sequence                                  */
     encode_job key;       /**< the new keys (heads = the selection heads)            */
     int32_t key_rows;     /**< new keys per sequence (0: none)                       */
-    int32_t bulk;         /**< 1: a block's first encode gets layers 1.. by bulk copy  */
     int64_t part_offset;  /**< floats of shared memory before a block's partial result */
 } fused_params;
 
@@ -110,21 +109,11 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
     __shared__ __align__(16) float act[2][CU_ENCODE_ROW_WIDTH];
     __shared__ float last_out[CU_ENCODE_ROW_WIDTH];
     __shared__ uint32_t query_code[G];
-    __shared__ __align__(8) uint64_t bulk_bar;
+    cu_let_next_grid_start();
     cg::cluster_group cluster = cg::this_cluster();
     const int32_t C = p.m.chunks, c = (int32_t)cluster.block_rank();
     const int64_t item = blockIdx.x / C;
     const int32_t b = (int32_t)(item / p.m.sel_heads), s = (int32_t)(item % p.m.sel_heads);
-    /* before anything else: the weights of layers 1.. of the block's first encode, requested into the
-     * (not yet used) dynamic shared memory, so that its three dependent weight latencies become one */
-    const bool bulk = p.bulk && c < G + p.key_rows;
-    if (bulk && threadIdx.x < 32) {
-        const bool key = c >= G;
-        encode_bulk_request(key ? encode_bulk_source(p.key, s) : encode_bulk_source(p.query, s * G + c),
-                            (uint32_t)(key ? encode_bulk_bytes(p.key) : encode_bulk_bytes(p.query)), (float *)smem,
-                            &bulk_bar);
-    }
-    cu_let_next_grid_start();
 
     /* 1. the cluster's encodes, task t by block t mod C: the group's query heads s·G + t (t < G), then
      *    the new keys j = t − G of sequence b under key head s (the key-code heads are the selection
@@ -134,8 +123,7 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
             __syncthreads(); /* the previous task is done with act and last_out */
         const bool key = t >= G; /* one inlined copy of the encode (two cost spills) */
         encode_row_item<2>(key ? p.key : p.query, key ? s : s * G + t, key ? (int64_t)b * p.key_rows + (t - G) : b,
-                           act, last_out, key ? NULL : &query_code[t], bulk && t == c ? (const float *)smem : NULL,
-                           &bulk_bar);
+                           act, last_out, key ? NULL : &query_code[t]);
     }
     cu_wait_prior_grids(); /* lengths, key codes, K and V of the earlier kernels */
     const item_geometry g = geometry(p.m, b);
@@ -229,23 +217,6 @@ ha_status cu_decode_fused_prepare(const cu_ctx *ctx)
     return st;
 }
 
-/* 1 where the bulk copy of the encodes' layers 1.. fits the dynamic shared memory of the instance for
- * G without fewer blocks per SM than its registers allow (*smem raised to hold it), else 0 (*smem kept). */
-static int32_t bulk_fits(const cu_ctx *ctx, const fused_params *p, int32_t G, size_t *smem)
-{
-    size_t need = (size_t)encode_bulk_bytes(p->query);
-    if (p->key_rows > 0 && (size_t)encode_bulk_bytes(p->key) > need)
-        need = (size_t)encode_bulk_bytes(p->key);
-    if (need == 0)
-        return 0;
-    need = need > *smem ? need : *smem;
-    const size_t per_block = need + 4096 + ctx->smem_reserved; /* 4 KB: the kernel's static shared memory */
-    if (need + 4096 > ctx->smem_optin || per_block * (size_t)fused_blocks_per_sm(G) > ctx->smem_per_sm)
-        return 0;
-    *smem = need;
-    return 1;
-}
-
 ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decode_args *d, bool *launched)
 {
     *launched = false;
@@ -295,7 +266,6 @@ ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decod
             return HA_OK;
         const size_t match_smem = cu_match_cluster_setup(ctx, &p.m);
         smem = match_smem > attend_smem ? match_smem : attend_smem;
-        p.bulk = bulk_fits(ctx, &p, G, &smem);
         kernel = pick_kernel(G, p.m.hist_lanes, aa->k.dtype);
         if (!kernel || smem + 4096 > ctx->smem_optin) /* 4 KB: the kernel's static shared memory */
             return HA_OK;

@@ -37,10 +37,7 @@ static __device__ __forceinline__ int lane_slot(int lane)
     return (lane >> 2) & (ROW_SLOTS - 1);
 }
 
-/* Issues the loads of layer l of the head at P (row layout) into L; nothing waits for them here.
- * GENERIC: P may point into shared memory (a copy made by encode_bulk_request) or global memory (plain
- * loads), else it points into global memory (loads through the read-only path). */
-template <bool GENERIC = false>
+/* Issues the loads of layer l of the head at P (row layout) into L; nothing waits for them here. */
 static __device__ __forceinline__ void load_layer(const float *P, const encode_job &J, int l, int warp, int lane,
                                                   row_layer &L)
 {
@@ -50,71 +47,11 @@ static __device__ __forceinline__ void load_layer(const float *P, const encode_j
 #pragma unroll
     for (int j = 0; j < ROW_SLOTS; j++) {
         const int o = slot_output(j, warp);
-        const float4 *w = (const float4 *)(W + o * KP);
-        L.w[j] = mine && o < O ? (GENERIC ? *w : __ldg(w)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        L.w[j] = mine && o < O ? __ldg((const float4 *)(W + o * KP)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     const int o = slot_output(lane_slot(lane), warp);
-    L.bias = o < O ? (GENERIC ? P[J.row_b_off[l] + o] : __ldg(P + J.row_b_off[l] + o)) : 0.0f;
+    L.bias = o < O ? __ldg(P + J.row_b_off[l] + o) : 0.0f;
 }
-
-/* Bytes of head parameters after layer 0 (the weights and biases of layers 1.., one span of the row
- * layout, 16-byte aligned at both ends); 0 for a one-layer MLP. */
-static __host__ __device__ __forceinline__ int32_t encode_bulk_bytes(const encode_job &J)
-{
-    return J.depth > 1 ? (J.row_head_floats - J.row_w_off[1]) * (int32_t)sizeof(float) : 0;
-}
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define ENCODE_BULK_PIECES 1 /* copies issued by as many lanes of warp 0 */
-
-/* Where layers 1.. of head m of J start in global memory. */
-static __device__ __forceinline__ const float *encode_bulk_source(const encode_job &J, int32_t m)
-{
-    return J.row_params + (int64_t)m * J.row_head_floats + J.row_w_off[1];
-}
-
-/*
- * Warp 0 (every lane calls it) requests `bytes` (encode_bulk_bytes) from src (encode_bulk_source) into
- * dst (shared memory, 16-byte aligned) by bulk copies completing on *bar (initialised here, one
- * arrival). The weights are constant: this may run before cu_wait_prior_grids. The block's other threads
- * may wait on *bar (encode_bulk_wait) only after a barrier that follows this call.
- */
-static __device__ __forceinline__ void encode_bulk_request(const float *src, uint32_t bytes, float *dst, uint64_t *bar)
-{
-    const int lane = threadIdx.x & 31;
-    const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar), d = (uint32_t)__cvta_generic_to_shared(dst);
-    if (lane == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
-                     "fence.mbarrier_init.release.cluster;\n"
-                     "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b),
-                     "r"(bytes)
-                     : "memory");
-    }
-    __syncwarp();
-    /* pieces of a multiple of 16 bytes; the last one takes the rest */
-    const uint32_t piece = (bytes / ENCODE_BULK_PIECES) & ~15u, at = piece * (uint32_t)lane;
-    const uint32_t size = lane == ENCODE_BULK_PIECES - 1 ? bytes - at : piece;
-    if (lane < ENCODE_BULK_PIECES && size > 0)
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                         d + at),
-                     "l"((const char *)src + at), "r"(size), "r"(b)
-                     : "memory");
-}
-
-/* Waits until the copies of encode_bulk_request have landed (phase 0 of *bar). */
-static __device__ __forceinline__ void encode_bulk_wait(uint64_t *bar)
-{
-    const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
-    uint32_t done = 0;
-    do
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(b)
-                     : "memory");
-    while (!done);
-}
-#endif
 
 /* v[j]: this lane's part of slot j's sum. Returns, in lanes 4s..4s+3, the warp's sum of slot s
  * (s = lane_slot(lane)): each halving step keeps half of the slots and adds the partner lane's part of
@@ -154,17 +91,12 @@ static __device__ __forceinline__ float4 clip_inputs(float4 x, int k, int I)
 template <int PASSES>
 static __device__ __forceinline__ void encode_row_item(const encode_job &J, int32_t m, int64_t rho,
                                                        float (&act)[2][CU_ENCODE_ROW_WIDTH], float *last_out,
-                                                       uint32_t *code_smem, const float *bulk = NULL,
-                                                       uint64_t *bulk_bar = NULL)
+                                                       uint32_t *code_smem)
 {
     static_assert(PASSES == 1 || PASSES == 2, "16 or 8 warps");
     constexpr int WARPS = ROW_WARPS / PASSES;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, k = 4 * lane;
     const float *P = J.row_params + (int64_t)m * J.row_head_floats;
-    /* PASSES 2 with bulk: layers 1.. of this head were requested into shared memory (encode_bulk_request,
-     * issued before this call); Ps addresses them with the head's offsets */
-    const bool from_smem = PASSES == 2 && bulk && J.depth > 1;
-    const float *Pn = from_smem ? bulk - J.row_w_off[1] : P; /* PASSES 2: where layers 1.. are read */
 
     row_layer L[2]; /* PASSES 1: layers l and l + 1; PASSES 2: the two passes of layer l */
     load_layer(P, J, 0, warp, lane, L[0]);
@@ -193,15 +125,6 @@ static __device__ __forceinline__ void encode_row_item(const encode_job &J, int3
         if (l > 0) /* layer l - 1's outputs, complete after the barrier that ended it */
             x = k < J.dims[l] ? clip_inputs(*(const float4 *)&act[(l - 1) & 1][k], k, J.dims[l])
                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (PASSES == 2 && l > 0) { /* both passes of layer l (from the copy: a short latency) */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            if (from_smem && l == 1) /* after layer 0's barrier: bulk_bar's initialisation is visible */
-                encode_bulk_wait(bulk_bar);
-#endif
-#pragma unroll
-            for (int pass = 0; pass < PASSES; pass++)
-                load_layer<true>(Pn, J, l, warp + WARPS * pass, lane, L[pass]);
-        }
 #pragma unroll
         for (int pass = 0; pass < PASSES; pass++) {
             row_layer &Ly = PASSES == 1 ? L[l & 1] : L[pass];
@@ -213,6 +136,8 @@ static __device__ __forceinline__ void encode_row_item(const encode_job &J, int3
             const float bias = Ly.bias;
             if (PASSES == 1 && l + 2 < J.depth) /* Ly's registers are free: layer l + 2 arrives during this one */
                 load_layer(P, J, l + 2, warp, lane, Ly);
+            if (PASSES == 2 && l + 1 < J.depth)
+                load_layer(P, J, l + 1, vwarp, lane, Ly);
             const float s = reduce_slots(v, lane) + bias;
             const int o = slot_output(lane_slot(lane), vwarp);
             if ((lane & 3) == 0 && o < J.dims[l + 1]) {

@@ -48,8 +48,6 @@ typedef struct cu_ctx {
     int device;
     int sm_count;
     size_t smem_optin;    /**< largest dynamic shared memory a block may ask for */
-    size_t smem_per_sm;   /**< shared memory of one SM, for all its blocks      */
-    size_t smem_reserved; /**< shared memory the device keeps per block         */
     /** sm_90 launch features in use: thread-block clusters (the one-launch match) and programmatic
      *  dependent launch (a kernel starts while the stream's previous one drains). Off before sm_90
      *  and where HASHATTN_CUDA_PORTABLE=1 (which tests the sm_89 paths on an sm_90 device). */

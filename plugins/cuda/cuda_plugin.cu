@@ -116,8 +116,6 @@ static ha_status init_device(cu_ctx *ctx)
                        "%d.%d or newer", ctx->device, prop.name, prop.major, prop.minor, CU_MIN_MAJOR, CU_MIN_MINOR);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->smem_optin = prop.sharedMemPerBlockOptin;
-    ctx->smem_per_sm = prop.sharedMemPerMultiprocessor;
-    ctx->smem_reserved = prop.reservedSharedMemPerBlock;
     const char *portable = getenv("HASHATTN_CUDA_PORTABLE");
     ctx->sm90 = prop.major >= 9 && !(portable && portable[0] == '1');
     const char *lanes = getenv("HASHATTN_CUDA_MATCH_LANES");
