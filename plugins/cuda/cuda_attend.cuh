@@ -326,12 +326,18 @@ static __device__ __forceinline__ void attend_rows(const attend_params &p, const
     __syncthreads();
 }
 
-/* The block's merge of its slots for head h (of the unit), element i: *M (base 2), *L, *A. Call after
- * attend_rows. */
-static __device__ __forceinline__ void attend_slot_merge(const attend_params &p, float *smem, int h, int i, float *M_out,
-                                                         float *L_out, float *A_out)
+/* Slots of a block of attend_rows: a lane group each. */
+static __device__ __forceinline__ int attend_slot_count(const attend_params &p)
 {
-    const int H = p.unit_heads, d = p.head_dim, slots = (blockDim.x >> 5) * (32 / p.lanes_per_row);
+    return (blockDim.x >> 5) * (32 / p.lanes_per_row);
+}
+
+/* The block's merge of its `slots` slots for head h (of the unit), element i: *M (base 2), *L, *A. Call
+ * after attend_rows (slots: attend_slot_count) or attend_rows_mma (a warp each). */
+static __device__ __forceinline__ void attend_slot_merge(const attend_params &p, float *smem, int slots, int h, int i,
+                                                         float *M_out, float *L_out, float *A_out)
+{
+    const int H = p.unit_heads, d = p.head_dim;
     float *slot_ml, *slot_acc;
     attend_slots(smem, slots, H, d, &slot_ml, &slot_acc);
     float M = -INFINITY;

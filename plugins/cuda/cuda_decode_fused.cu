@@ -162,7 +162,7 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
     for (int e = threadIdx.x; e < G * d; e += blockDim.x) {
         const int h = e / d, i = e % d;
         float M, L, A;
-        attend_slot_merge(p.a, fsmem, h, i, &M, &L, &A);
+        attend_slot_merge(p.a, fsmem, attend_slot_count(p.a), h, i, &M, &L, &A);
         part[h * (d + 2) + 2 + i] = A;
         if (i == 0) {
             part[h * (d + 2)] = M;

@@ -1,0 +1,306 @@
+/*
+ * cuda_attend_mma.cuh — the attend stage's walk over a list of rows on the tensor cores, for units of
+ * 2..8 query heads (group mode: a GQA group) and 16-bit K/V (fp16, bf16) in 16-byte-aligned rows whose
+ * width is a multiple of 16 (≤ 128). The same contract as attend_rows (cuda_attend.cuh): each slot's
+ * (m, l, sums) in the slot areas of shared memory; here a slot is a warp.
+ *
+ * Why (session 7): the lane-per-slice walk spends ~90 instructions of a warp per row for 4 heads (8
+ * elements per lane, 4 shuffle stages per head and row) and issues its next loads only after that
+ * arithmetic, so at B = 1 the group attend ran at ~0.7 TB/s, issue- and latency-bound. Here each warp
+ * copies tiles of 16 rows (K and V, cp.async, rows of the tile in flight together) into its own part
+ * of shared memory, and computes with mma.sync m16n8k16 (fp32 accumulation):
+ *   S = Q·Kᵀ: A = the unit's queries, rows 0..7 the heads' queries rounded to 16 bits (hi), rows 8..15
+ *             what that rounding lost (lo), so S = hi·K + lo·K carries ~16 bits of the fp32 query;
+ *             B = the K tile (ldmatrix); the two halves land in the same lane (c0/c1 and c2/c3).
+ *   O += P·V: A = the softmax weights of the tile, split the same way (hi in rows 0..7, lo in 8..15);
+ *             B = the V tile (ldmatrix .trans). O's rows h and h + 8 are summed at the end.
+ * A lane holds O for head lane/4 and columns 8j + 2(lane%4) + {0, 1}, the online softmax per head is
+ * over its 4 lanes (two shuffles per tile, not per row). K of tile t + 1 is copied while V of tile t
+ * is used and the reverse (a group of copies per matrix).
+ */
+#ifndef HA_CUDA_ATTEND_MMA_CUH
+#define HA_CUDA_ATTEND_MMA_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "cuda_attend.cuh"
+
+/* Rows of a tile (the k of one P·V product). */
+#define CU_MMA_TILE 16
+/* Widest rows (elements) the tensor-core walk takes. */
+#define CU_MMA_MAX_DIM 128
+
+/* Bytes from one staged row to the next: the row plus 16, so that the 8 rows an ldmatrix reads fall
+ * on 8 different groups of 4 banks. */
+static __host__ __device__ __forceinline__ int attend_mma_row_bytes(int dim)
+{
+    return dim * 2 + 16;
+}
+
+/* Shared memory of a block of `warps` warps (bytes): the query tile, then per warp a K and a V tile.
+ * The slot areas (attend_slots) overlap the tiles once the walk is over. */
+static __host__ __device__ __forceinline__ size_t attend_mma_smem_bytes(int warps, int heads, int dim)
+{
+    const size_t tiles = (size_t)CU_MMA_TILE * attend_mma_row_bytes(dim) * (1 + 2 * (size_t)warps);
+    const size_t slots = attend_smem_floats(warps, heads, dim) * sizeof(float);
+    return tiles > slots ? tiles : slots;
+}
+
+/* Whether the tensor-core walk takes a unit of `heads` heads, K/V of dtype dt in rows of `dim`. */
+static inline bool attend_mma_fits(ha_dtype dt, bool vector, int32_t heads, int32_t dim)
+{
+    return vector && (dt == HA_F16 || dt == HA_BF16) && heads >= 2 && heads <= 8 && dim % 16 == 0 &&
+           dim <= CU_MMA_MAX_DIM;
+}
+
+/* Pairs of 16-bit values (x0 in the low half) and the tensor-core product of the K/V dtype DT. */
+static __device__ __forceinline__ __nv_bfloat162 pair16(float x0, float x1, __nv_bfloat162 *)
+{
+    return __floats2bfloat162_rn(x0, x1);
+}
+static __device__ __forceinline__ __half2 pair16(float x0, float x1, __half2 *)
+{
+    return __floats2half2_rn(x0, x1);
+}
+static __device__ __forceinline__ float2 unpair16(__nv_bfloat162 x)
+{
+    return __bfloat1622float2(x);
+}
+static __device__ __forceinline__ float2 unpair16(__half2 x)
+{
+    return __half22float2(x);
+}
+
+template <int DT> struct mma16 {
+    typedef typename std::conditional<DT == HA_BF16, __nv_bfloat162, __half2>::type pair;
+    /* hi = (x0, x1) rounded, lo = what the rounding lost, rounded */
+    static __device__ __forceinline__ void split(float x0, float x1, uint32_t *hi, uint32_t *lo)
+    {
+        const pair h = pair16(x0, x1, (pair *)0);
+        const float2 back = unpair16(h);
+        const pair l = pair16(x0 - back.x, x1 - back.y, (pair *)0);
+        *hi = *(const uint32_t *)&h;
+        *lo = *(const uint32_t *)&l;
+    }
+    /* c += a·b (m16n8k16, fp32 accumulators) */
+    static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
+    {
+        if constexpr (DT == HA_BF16)
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                         "{%0,%1,%2,%3};\n"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        else
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                         "{%0,%1,%2,%3};\n"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+/* Four 8×8 16-bit matrices from shared memory (lane i gives row i % 8 of matrix i / 8); .trans
+ * hands each lane the transposed elements. */
+template <bool TRANS>
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const void *row)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+/* The byte offsets (from k.data or v.data) of row `lane % 16` of tile rows [i0, i0 + 16) of the
+ * list, of K (lanes 0..15) or V (16..31); -1 where the row is past p1 or its token outside [0, n).
+ * *valid: bit r set where row r is one to attend. */
+static __device__ __forceinline__ int64_t attend_mma_offset(const attend_params &p, int32_t b, int32_t kv_head, int64_t n,
+                                                            const int32_t *list, int64_t i0, int64_t p1, uint32_t *valid)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t i = i0 + (lane & 15);
+    const int64_t t = i < p1 ? (list ? list[i] : i) : -1;
+    const bool ok = t >= 0 && t < n;
+    *valid = __ballot_sync(0xffffffffu, ok) & 0xffffu;
+    return ok ? cu_rows_offset(lane < 16 ? p.k : p.v, b, kv_head, t) * 2 : -1;
+}
+
+/* One warp copies a tile of one matrix (rows at byte offsets `off` of lanes 16·mat + r, see
+ * attend_mma_offset) into `tile`, 16-byte pieces in flight together; absent rows become zeros. */
+static __device__ __forceinline__ void attend_mma_copy(char *tile, const char *base, int64_t off, int mat, int dim)
+{
+    const int lane = threadIdx.x & 31, per_row = dim >> 3, rs = attend_mma_row_bytes(dim);
+    /* piece c = lane + 32 j: row c / per_row, column c % per_row, stepped without a division */
+    int row = lane / per_row, col = lane - row * per_row;
+    const int row_step = 32 / per_row, col_step = 32 - row_step * per_row;
+    for (int c = lane; c < CU_MMA_TILE * per_row; c += 32) {
+        const int64_t o = __shfl_sync(0xffffffffu, off, mat * 16 + row);
+        copy16_async_or_zero(tile + row * rs + col * 16, o >= 0 ? base + o + col * 16 : base, o >= 0);
+        row += row_step;
+        col += col_step;
+        if (col >= per_row) {
+            col -= per_row;
+            row++;
+        }
+    }
+}
+
+/*
+ * DT: HA_F16 or HA_BF16; D: the instance's widest row (a multiple of 16, ≥ p.head_dim). The rows
+ * list[p0..p1) (list NULL: tokens p0..p1) of sequence b, KV head kv_head, for the unit's query heads
+ * h0..h0 + p.unit_heads − 1 (2..8), by the whole block: warp w takes tiles w, w + warps, …; its
+ * (m, l, sums) per head go to slot w of the slot areas (attend_slots with blockDim.x / 32 slots),
+ * complete when it returns (it ends with a barrier). smem: attend_mma_smem_bytes.
+ */
+template <int DT, int D>
+static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, float *smem, int32_t b, int32_t h0,
+                                                       int32_t kv_head, int64_t n, const int32_t *list, int64_t p0,
+                                                       int64_t p1)
+{
+    typedef mma16<DT> op;
+    constexpr int NT = D / 8; /* 8-column pieces of O */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    const int d = p.head_dim, H = p.unit_heads, rs = attend_mma_row_bytes(d);
+    const int g = lane >> 2, tig = lane & 3; /* the lane's head (row of A and C) and column pair */
+    char *q_tile = (char *)smem;
+    char *k_tile = q_tile + CU_MMA_TILE * rs + (size_t)warp * 2 * CU_MMA_TILE * rs, *v_tile = k_tile + CU_MMA_TILE * rs;
+    const char *k_data = (const char *)p.k.data, *v_data = (const char *)p.v.data;
+    const int64_t tiles = p1 > p0 ? (p1 - p0 + CU_MMA_TILE - 1) / CU_MMA_TILE : 0;
+
+    __syncthreads(); /* the previous unit's merge is done with the shared memory */
+    /* this warp's first tile in flight before anything else */
+    int64_t tile = warp;
+    uint32_t valid = 0;
+    if (tile < tiles) {
+        const int64_t off = attend_mma_offset(p, b, kv_head, n, list, p0 + tile * CU_MMA_TILE, p1, &valid);
+        attend_mma_copy(k_tile, k_data, off, 0, d);
+        copy_commit();
+        attend_mma_copy(v_tile, v_data, off, 1, d);
+        copy_commit();
+    }
+    /* the query tile: rows 0..7 the heads' queries in base-2 logit scale, rounded; rows 8..15 the rest */
+    {
+        const size_t q_elem = ha_elem_size(p.q.dtype);
+        for (int e = tid; e < 8 * (d / 2); e += blockDim.x) {
+            const int h = e / (d / 2), i = 2 * (e % (d / 2));
+            float x0 = 0.0f, x1 = 0.0f;
+            if (h < H) {
+                const void *qrow = cu_row(p.q, q_elem, b, h0 + h, 0);
+                x0 = cu_load_f32(qrow, p.q.dtype, i) * p.scale_log2;
+                x1 = cu_load_f32(qrow, p.q.dtype, i + 1) * p.scale_log2;
+            }
+            uint32_t hi, lo;
+            op::split(x0, x1, &hi, &lo);
+            *(uint32_t *)(q_tile + h * rs + i * 2) = hi;
+            *(uint32_t *)(q_tile + (h + 8) * rs + i * 2) = lo;
+        }
+    }
+    __syncthreads();
+
+    float o[NT][4], m = -INFINITY, l = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    for (; tile < tiles; tile += warps) {
+        /* the next tile's offsets (their list reads) before the wait */
+        const int64_t next = tile + warps;
+        uint32_t next_valid = 0;
+        int64_t next_off = -1;
+        if (next < tiles)
+            next_off = attend_mma_offset(p, b, kv_head, n, list, p0 + next * CU_MMA_TILE, p1, &next_valid);
+
+        copy_wait(1); /* K of this tile */
+        __syncwarp();
+        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            if (kk * 16 >= d)
+                break;
+            uint32_t a[4], kb[4];
+            ldmatrix_x4<false>(a, q_tile + (lane & 15) * rs + (kk * 2 + (lane >> 4)) * 16);
+            ldmatrix_x4<false>(kb, k_tile + ((lane & 7) + ((lane >> 4) << 3)) * rs + (kk * 2 + ((lane >> 3) & 1)) * 16);
+            op::mma(s[0], a, kb[0], kb[1]);
+            op::mma(s[1], a, kb[2], kb[3]);
+        }
+        __syncwarp(); /* every lane is done with the K tile */
+        if (next < tiles)
+            attend_mma_copy(k_tile, k_data, next_off, 0, d);
+        copy_commit();
+
+        /* online softmax of head g over the tile's rows 8·nt + 2·tig + j */
+        float x[2][2], mx = m;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int r = nt * 8 + tig * 2 + j;
+                x[nt][j] = (valid >> r) & 1 ? s[nt][j] + s[nt][2 + j] : -INFINITY;
+                mx = fmaxf(mx, x[nt][j]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        const float alpha = exp2f(m - base); /* 0 while m is −∞ */
+        m = mx;
+        uint32_t pa[4];
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            const float w0 = exp2f(x[nt][0] - base), w1 = exp2f(x[nt][1] - base);
+            sum += w0 + w1;
+            op::split(w0, w1, &pa[2 * nt], &pa[2 * nt + 1]); /* a0/a2: rows g (hi), a1/a3: rows g + 8 (lo) */
+        }
+        l = l * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                o[j][e] *= alpha;
+
+        copy_wait(1); /* V of this tile */
+        __syncwarp();
+#pragma unroll
+        for (int j2 = 0; j2 < NT / 2; j2++) {
+            if (j2 * 16 >= d)
+                break;
+            uint32_t vb[4];
+            ldmatrix_x4<true>(vb, v_tile + ((lane & 7) + (((lane >> 3) & 1) << 3)) * rs + (j2 * 2 + (lane >> 4)) * 16);
+            op::mma(o[2 * j2], pa, vb[0], vb[1]);
+            op::mma(o[2 * j2 + 1], pa, vb[2], vb[3]);
+        }
+        __syncwarp(); /* every lane is done with the V tile */
+        if (next < tiles)
+            attend_mma_copy(v_tile, v_data, next_off, 1, d);
+        copy_commit();
+        valid = next_valid;
+    }
+    copy_wait(0);
+
+    /* the warp's slot: l over the head's 4 lanes; O = rows g + rows g + 8 */
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    float *slot_ml, *slot_acc;
+    attend_slots(smem, warps, H, d, &slot_ml, &slot_acc);
+    __syncthreads(); /* every warp is done with its tiles: the slot areas overlap them */
+    if (g < H) {
+        if (tig == 0) {
+            slot_ml[(warp * H + g) * 2] = m;
+            slot_ml[(warp * H + g) * 2 + 1] = l;
+        }
+        float *dst = slot_acc + (warp * H + g) * d + tig * 2;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (j * 8 < d)
+                *(float2 *)(dst + j * 8) = make_float2(o[j][0] + o[j][2], o[j][1] + o[j][3]);
+    }
+    __syncthreads();
+}
+
+#endif /* HA_CUDA_ATTEND_MMA_CUH */
