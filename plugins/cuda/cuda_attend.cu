@@ -18,6 +18,40 @@
 
 /* ---- the merges ---------------------------------------------------------------------------------------- */
 
+/* The weighted sums of merge_splits: V consecutive elements of a row per thread (V = 2 where the rows
+ * are even: 8-byte loads, one element pair per thread at 4 heads × 128, its loads all independent). */
+template <int V>
+static __device__ __forceinline__ void merge_sums(const attend_params &p, int32_t b, int32_t h0, const float *weight,
+                                                  const float *total, const float *top)
+{
+    const int H = p.unit_heads, d = p.head_dim, S = p.splits;
+    const int64_t slot_floats = d + 2;
+    for (int e = threadIdx.x * V; e < H * d; e += blockDim.x * V) {
+        const int h = e / d, i = e % d;
+        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats + 2 + i;
+        /* every split wrote its sums (0 where it had no rows, weight 0): the loads need no condition,
+         * so several are in flight at once */
+        float a[V] = {};
+#pragma unroll(8 * V)
+        for (int c = 0; c < S; c++) {
+            const float w = weight[h * CU_ATTEND_MAX_SPLITS + c];
+            if constexpr (V == 2) {
+                const float2 x = __ldcg((const float2 *)(first + c * slot_floats));
+                a[0] = fmaf(w, x.x, a[0]);
+                a[1] = fmaf(w, x.y, a[1]);
+            } else {
+                a[0] = fmaf(w, __ldcg(first + c * slot_floats), a[0]);
+            }
+        }
+        const float l = total[h];
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            store_out(p, b, h0 + h, i + v, l > 0.0f ? a[v] / l : 0.0f);
+        if (i == 0 && p.lse)
+            p.lse[(int64_t)b * p.q_heads + h0 + h] = l > 0.0f ? (top[h] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+
 /* The last split of a unit to finish: combines every split's (m, l, sums), weights 2^(m_c − max m). */
 static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h0, float *weight, float *total,
                                     float *top)
@@ -46,20 +80,10 @@ static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h
         }
     }
     __syncthreads();
-    for (int e = tid; e < H * d; e += blockDim.x) {
-        const int h = e / d, i = e % d;
-        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats;
-        /* every split wrote its sums (0 where it had no rows, weight 0): the loads need no condition,
-         * so several are in flight at once */
-        float a = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < S; c++)
-            a = fmaf(weight[h * CU_ATTEND_MAX_SPLITS + c], __ldcg(first + c * slot_floats + 2 + i), a);
-        const float l = total[h];
-        store_out(p, b, h0 + h, i, l > 0.0f ? a / l : 0.0f);
-        if (i == 0 && p.lse)
-            p.lse[(int64_t)b * p.q_heads + h0 + h] = l > 0.0f ? (top[h] + log2f(l)) * 0.69314718055994531f : -INFINITY;
-    }
+    if (d % 2 == 0)
+        merge_sums<2>(p, b, h0, weight, total, top);
+    else
+        merge_sums<1>(p, b, h0, weight, total, top);
 }
 
 /* ---- the kernel ---------------------------------------------------------------------------------------- */
@@ -287,10 +311,13 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     p.partials = plan->partials;
     p.arrived = plan->attend_arrived;
 
-    /* group mode with 16-bit K/V: the tensor-core walk (cuda_attend_mma.cuh), a slot per warp */
+    /* group mode with 16-bit K/V: the tensor-core walk (cuda_attend_mma.cuh), a slot per warp; a ring
+     * of 3 tile buffers per warp where two blocks still fit an SM beside it (an SM has the opt-in limit
+     * of one block + 1 KB; each block has 1 KB reserved), else 2 */
     const bool mma = attend_mma_fits(a->k.dtype, vector, p.unit_heads, p.head_dim);
-    const int32_t slots = (CU_ATTEND_THREADS / 32) * (32 / p.lanes_per_row);
-    const size_t smem = mma ? attend_mma_smem_bytes(CU_ATTEND_THREADS / 32, p.unit_heads, p.head_dim)
+    const int32_t slots = (CU_ATTEND_THREADS / 32) * (32 / p.lanes_per_row), warps = CU_ATTEND_THREADS / 32;
+    p.mma_ring = 2 * (attend_mma_smem_bytes(warps, p.unit_heads, p.head_dim, 3) + 2048) <= ctx->smem_optin + 1024 ? 3 : 2;
+    const size_t smem = mma ? attend_mma_smem_bytes(warps, p.unit_heads, p.head_dim, p.mma_ring)
                             : attend_smem_floats(slots, p.unit_heads, p.head_dim) * sizeof(float);
     if (smem > ctx->smem_optin)
         return cu_fail(HA_ERR_UNSUPPORTED, "cuda attend: %d heads × head_dim %d need %zu bytes of shared memory",

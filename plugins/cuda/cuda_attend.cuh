@@ -41,6 +41,7 @@ typedef struct attend_params {
     float *partials;       /**< [batch × q_heads][splits][head_dim + 2] when splits > 1 */
     uint32_t *arrived;     /**< [units]: splits done                 */
     int64_t max_tokens;
+    int32_t mma_ring;      /**< tile buffers per warp of attend_rows_mma (cuda_attend_mma.cuh) */
 } attend_params;
 
 /* ---- loading K, V: VEC elements of dtype DT at once, as floats ------------------------------------------ */

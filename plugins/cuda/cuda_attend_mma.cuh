@@ -15,8 +15,8 @@
  *   O += P·V: A = the softmax weights of the tile, split the same way (hi in rows 0..7, lo in 8..15);
  *             B = the V tile (ldmatrix .trans). O's rows h and h + 8 are summed at the end.
  * A lane holds O for head lane/4 and columns 8j + 2(lane%4) + {0, 1}, the online softmax per head is
- * over its 4 lanes (two shuffles per tile, not per row). K of tile t + 1 is copied while V of tile t
- * is used and the reverse (a group of copies per matrix).
+ * over its 4 lanes (two shuffles per tile, not per row). Each warp streams its tiles' K and V through
+ * a ring of 2 or 3 buffers (a group of copies per matrix; attend_rows_mma).
  */
 #ifndef HA_CUDA_ATTEND_MMA_CUH
 #define HA_CUDA_ATTEND_MMA_CUH
@@ -40,11 +40,11 @@ static __host__ __device__ __forceinline__ int attend_mma_row_bytes(int dim)
     return dim * 2 + 16;
 }
 
-/* Shared memory of a block of `warps` warps (bytes): the query tile, then per warp a K and a V tile.
- * The slot areas (attend_slots) overlap the tiles once the walk is over. */
-static __host__ __device__ __forceinline__ size_t attend_mma_smem_bytes(int warps, int heads, int dim)
+/* Shared memory of a block of `warps` warps (bytes): the query tile, then per warp a ring of `ring`
+ * tile buffers. The slot areas (attend_slots) overlap the tiles once the walk is over. */
+static __host__ __device__ __forceinline__ size_t attend_mma_smem_bytes(int warps, int heads, int dim, int ring)
 {
-    const size_t tiles = (size_t)CU_MMA_TILE * attend_mma_row_bytes(dim) * (1 + 2 * (size_t)warps);
+    const size_t tiles = (size_t)CU_MMA_TILE * attend_mma_row_bytes(dim) * (1 + (size_t)ring * warps);
     const size_t slots = attend_smem_floats(warps, heads, dim) * sizeof(float);
     return tiles > slots ? tiles : slots;
 }
@@ -156,7 +156,11 @@ static __device__ __forceinline__ void attend_mma_copy(char *tile, const char *b
  * list[p0..p1) (list NULL: tokens p0..p1) of sequence b, KV head kv_head, for the unit's query heads
  * h0..h0 + p.unit_heads − 1 (2..8), by the whole block: warp w takes tiles w, w + warps, …; its
  * (m, l, sums) per head go to slot w of the slot areas (attend_slots with blockDim.x / 32 slots),
- * complete when it returns (it ends with a barrier). smem: attend_mma_smem_bytes.
+ * complete when it returns (it ends with a barrier). smem: attend_mma_smem_bytes(…, p.mma_ring).
+ *
+ * A warp streams its tiles' matrices in the order K0, V0, K1, V1, … through a ring of p.mma_ring
+ * (2 or 3) tile buffers: matrix j + ring is requested as soon as matrix j has been used, so with 3
+ * buffers the next tile's K is in flight from the start.
  */
 template <int DT, int D>
 static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, float *smem, int32_t b, int32_t h0,
@@ -166,24 +170,38 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
     typedef mma16<DT> op;
     constexpr int NT = D / 8; /* 8-column pieces of O */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-    const int d = p.head_dim, H = p.unit_heads, rs = attend_mma_row_bytes(d);
+    const int d = p.head_dim, H = p.unit_heads, rs = attend_mma_row_bytes(d), ring = p.mma_ring;
+    const int tile_bytes = CU_MMA_TILE * rs;
     const int g = lane >> 2, tig = lane & 3; /* the lane's head (row of A and C) and column pair */
-    char *q_tile = (char *)smem;
-    char *k_tile = q_tile + CU_MMA_TILE * rs + (size_t)warp * 2 * CU_MMA_TILE * rs, *v_tile = k_tile + CU_MMA_TILE * rs;
+    char *q_tile = (char *)smem, *bufs = q_tile + tile_bytes + (size_t)warp * ring * tile_bytes;
     const char *k_data = (const char *)p.k.data, *v_data = (const char *)p.v.data;
     const int64_t tiles = p1 > p0 ? (p1 - p0 + CU_MMA_TILE - 1) / CU_MMA_TILE : 0;
+    const int64_t mats = tiles > warp ? 2 * ((tiles - warp + warps - 1) / warps) : 0; /* this warp's K, V tiles */
+
+    /* the request side of the ring: matrix `issued` into buffer `put`; its tile's row offsets, and the
+     * valid-row masks of the tiles requested but not yet used (16 bits each, oldest lowest) */
+    int64_t issued = 0, off = -1;
+    int put = 0, queued = 0;
+    uint32_t masks = 0;
+    auto request = [&]() {
+        if (issued < mats) {
+            const int mat = (int)(issued & 1);
+            if (mat == 0) {
+                uint32_t valid;
+                off = attend_mma_offset(p, b, kv_head, n, list, p0 + (warp + (issued >> 1) * warps) * CU_MMA_TILE, p1,
+                                        &valid);
+                masks |= valid << (16 * queued++);
+            }
+            attend_mma_copy(bufs + put * tile_bytes, mat ? v_data : k_data, off, mat, d);
+        }
+        copy_commit(); /* a group per matrix, empty past the end: the waits count groups */
+        issued++;
+        put = put + 1 == ring ? 0 : put + 1;
+    };
 
     __syncthreads(); /* the previous unit's merge is done with the shared memory */
-    /* this warp's first tile in flight before anything else */
-    int64_t tile = warp;
-    uint32_t valid = 0;
-    if (tile < tiles) {
-        const int64_t off = attend_mma_offset(p, b, kv_head, n, list, p0 + tile * CU_MMA_TILE, p1, &valid);
-        attend_mma_copy(k_tile, k_data, off, 0, d);
-        copy_commit();
-        attend_mma_copy(v_tile, v_data, off, 1, d);
-        copy_commit();
-    }
+    for (int r = 0; r < ring; r++) /* the first matrices in flight before anything else */
+        request();
     /* the query tile: rows 0..7 the heads' queries in base-2 logit scale, rounded; rows 8..15 the rest */
     {
         const size_t q_elem = ha_elem_size(p.q.dtype);
@@ -207,79 +225,71 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
 #pragma unroll
     for (int j = 0; j < NT; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    uint32_t pa[4]; /* the weights of the tile whose K was used last, as A of P·V */
+    int take = 0;
 
-    for (; tile < tiles; tile += warps) {
-        /* the next tile's offsets (their list reads) before the wait */
-        const int64_t next = tile + warps;
-        uint32_t next_valid = 0;
-        int64_t next_off = -1;
-        if (next < tiles)
-            next_off = attend_mma_offset(p, b, kv_head, n, list, p0 + next * CU_MMA_TILE, p1, &next_valid);
-
-        copy_wait(1); /* K of this tile */
+#pragma unroll 1
+    for (int64_t j = 0; j < mats; j++) {
+        copy_wait(ring - 1); /* matrix j */
         __syncwarp();
-        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        const char *tile = bufs + take * tile_bytes;
+        if ((j & 1) == 0) {
+            const uint32_t valid = masks & 0xffffu;
+            masks >>= 16;
+            queued--;
+            float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            if (kk * 16 >= d)
-                break;
-            uint32_t a[4], kb[4];
-            ldmatrix_x4<false>(a, q_tile + (lane & 15) * rs + (kk * 2 + (lane >> 4)) * 16);
-            ldmatrix_x4<false>(kb, k_tile + ((lane & 7) + ((lane >> 4) << 3)) * rs + (kk * 2 + ((lane >> 3) & 1)) * 16);
-            op::mma(s[0], a, kb[0], kb[1]);
-            op::mma(s[1], a, kb[2], kb[3]);
-        }
-        __syncwarp(); /* every lane is done with the K tile */
-        if (next < tiles)
-            attend_mma_copy(k_tile, k_data, next_off, 0, d);
-        copy_commit();
-
-        /* online softmax of head g over the tile's rows 8·nt + 2·tig + j */
-        float x[2][2], mx = m;
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const int r = nt * 8 + tig * 2 + j;
-                x[nt][j] = (valid >> r) & 1 ? s[nt][j] + s[nt][2 + j] : -INFINITY;
-                mx = fmaxf(mx, x[nt][j]);
+            for (int kk = 0; kk < D / 16; kk++) {
+                if (kk * 16 >= d)
+                    break;
+                uint32_t a[4], kb[4];
+                ldmatrix_x4<false>(a, q_tile + (lane & 15) * rs + (kk * 2 + (lane >> 4)) * 16);
+                ldmatrix_x4<false>(kb, tile + ((lane & 7) + ((lane >> 4) << 3)) * rs + (kk * 2 + ((lane >> 3) & 1)) * 16);
+                op::mma(s[0], a, kb[0], kb[1]);
+                op::mma(s[1], a, kb[2], kb[3]);
             }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == -INFINITY ? 0.0f : mx;
-        const float alpha = exp2f(m - base); /* 0 while m is −∞ */
-        m = mx;
-        uint32_t pa[4];
-        float sum = 0.0f;
+            /* online softmax of head g over the tile's rows 8·nt + 2·tig + e */
+            float x[2][2], mx = m;
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            const float w0 = exp2f(x[nt][0] - base), w1 = exp2f(x[nt][1] - base);
-            sum += w0 + w1;
-            op::split(w0, w1, &pa[2 * nt], &pa[2 * nt + 1]); /* a0/a2: rows g (hi), a1/a3: rows g + 8 (lo) */
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int r = nt * 8 + tig * 2 + e;
+                    x[nt][e] = (valid >> r) & 1 ? s[nt][e] + s[nt][2 + e] : -INFINITY;
+                    mx = fmaxf(mx, x[nt][e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float base = mx == -INFINITY ? 0.0f : mx;
+            const float alpha = exp2f(m - base); /* 0 while m is −∞ */
+            m = mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const float w0 = exp2f(x[nt][0] - base), w1 = exp2f(x[nt][1] - base);
+                sum += w0 + w1;
+                op::split(w0, w1, &pa[2 * nt], &pa[2 * nt + 1]); /* a0/a2: rows g (hi), a1/a3: rows g + 8 (lo) */
+            }
+            l = l * alpha + sum;
+#pragma unroll
+            for (int jt = 0; jt < NT; jt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    o[jt][e] *= alpha;
+        } else {
+#pragma unroll
+            for (int j2 = 0; j2 < NT / 2; j2++) {
+                if (j2 * 16 >= d)
+                    break;
+                uint32_t vb[4];
+                ldmatrix_x4<true>(vb, tile + ((lane & 7) + (((lane >> 3) & 1) << 3)) * rs + (j2 * 2 + (lane >> 4)) * 16);
+                op::mma(o[2 * j2], pa, vb[0], vb[1]);
+                op::mma(o[2 * j2 + 1], pa, vb[2], vb[3]);
+            }
         }
-        l = l * alpha + sum;
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                o[j][e] *= alpha;
-
-        copy_wait(1); /* V of this tile */
-        __syncwarp();
-#pragma unroll
-        for (int j2 = 0; j2 < NT / 2; j2++) {
-            if (j2 * 16 >= d)
-                break;
-            uint32_t vb[4];
-            ldmatrix_x4<true>(vb, v_tile + ((lane & 7) + (((lane >> 3) & 1) << 3)) * rs + (j2 * 2 + (lane >> 4)) * 16);
-            op::mma(o[2 * j2], pa, vb[0], vb[1]);
-            op::mma(o[2 * j2 + 1], pa, vb[2], vb[3]);
-        }
-        __syncwarp(); /* every lane is done with the V tile */
-        if (next < tiles)
-            attend_mma_copy(v_tile, v_data, next_off, 1, d);
-        copy_commit();
-        valid = next_valid;
+        __syncwarp(); /* every lane is done with buffer `take`: matrix j + ring goes there */
+        request();
+        take = take + 1 == ring ? 0 : take + 1;
     }
     copy_wait(0);
 
@@ -296,9 +306,9 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
         }
         float *dst = slot_acc + (warp * H + g) * d + tig * 2;
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-            if (j * 8 < d)
-                *(float2 *)(dst + j * 8) = make_float2(o[j][0] + o[j][2], o[j][1] + o[j][3]);
+        for (int jt = 0; jt < NT; jt++)
+            if (jt * 8 < d)
+                *(float2 *)(dst + jt * 8) = make_float2(o[jt][0] + o[jt][2], o[jt][1] + o[jt][3]);
     }
     __syncthreads();
 }
