@@ -80,7 +80,7 @@ static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h
         }
     }
     __syncthreads();
-    if (d % 2 == 0)
+    if (d % 2 == 0 && H * d >= 2 * (int)blockDim.x) /* pairs where they still give every thread work */
         merge_sums<2>(p, b, h0, weight, total, top);
     else
         merge_sums<1>(p, b, h0, weight, total, top);
@@ -124,6 +124,7 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
         else
             attend_rows<DT, VEC, HMAX, U>(p, lay, smem, b, h0, kv_head, n, list, p0, p1);
         const int d = p.head_dim;
+        attend_slot_weights(p, smem, slots);
         for (int e = threadIdx.x; e < H * d; e += blockDim.x) {
             const int h = e / d, i = e % d;
             float M, L, A;
@@ -145,8 +146,7 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
             continue;
         /* the last split of the unit to get here merges them */
         if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits))
-            merge_splits(p, b, h0, smem + attend_smem_floats(slots, H, d) - CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2),
-                         total_s, top_s);
+            merge_splits(p, b, h0, attend_merge_area(smem, slots, H, d), total_s, top_s);
     }
 }
 

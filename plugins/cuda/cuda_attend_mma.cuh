@@ -132,10 +132,26 @@ static __device__ __forceinline__ int64_t attend_mma_offset(const attend_params 
 }
 
 /* One warp copies a tile of one matrix (rows at byte offsets `off` of lanes 16·mat + r, see
- * attend_mma_offset) into `tile`, 16-byte pieces in flight together; absent rows become zeros. */
-static __device__ __forceinline__ void attend_mma_copy(char *tile, const char *base, int64_t off, int mat, int dim)
+ * attend_mma_offset; `valid`: its mask) into `tile`, 16-byte pieces in flight together; absent rows
+ * become zeros. Rows of D elements with every row present (the usual tile) take a path with the
+ * piece → (row, column) map fixed at compile time and no zero fill. */
+template <int D>
+static __device__ __forceinline__ void attend_mma_copy(char *tile, const char *base, int64_t off, uint32_t valid, int mat,
+                                                       int dim)
 {
-    const int lane = threadIdx.x & 31, per_row = dim >> 3, rs = attend_mma_row_bytes(dim);
+    const int lane = threadIdx.x & 31;
+    if (dim == D && valid == 0xffffu) {
+        constexpr int PR = D / 8, ROWS = 32 / PR, RS = 2 * D + 16; /* pieces per row; rows per step */
+        static_assert(32 % PR == 0, "a warp's pieces cover whole rows");
+        const int col = lane % PR, row = lane / PR;
+        char *dst = tile + row * RS + col * 16;
+        const char *src = base + col * 16;
+#pragma unroll
+        for (int j = 0; j < CU_MMA_TILE / ROWS; j++)
+            copy16_async(dst + j * ROWS * RS, src + __shfl_sync(0xffffffffu, off, mat * 16 + row + j * ROWS));
+        return;
+    }
+    const int per_row = dim >> 3, rs = attend_mma_row_bytes(dim);
     /* piece c = lane + 32 j: row c / per_row, column c % per_row, stepped without a division */
     int row = lane / per_row, col = lane - row * per_row;
     const int row_step = 32 / per_row, col_step = 32 - row_step * per_row;
@@ -150,6 +166,32 @@ static __device__ __forceinline__ void attend_mma_copy(char *tile, const char *b
         }
     }
 }
+
+/* Query elements i, i + 1 of a row as raw bits (both loads in flight before either is used), and
+ * their values. */
+static __device__ __forceinline__ void attend_mma_q_load(const void *row, ha_dtype dt, int i, uint32_t *raw)
+{
+    if (dt == HA_F32) {
+        raw[0] = __float_as_uint(((const float *)row)[i]);
+        raw[1] = __float_as_uint(((const float *)row)[i + 1]);
+    } else {
+        raw[0] = ((const unsigned short *)row)[i];
+        raw[1] = ((const unsigned short *)row)[i + 1];
+    }
+}
+
+static __device__ __forceinline__ float attend_mma_q_value(uint32_t raw, ha_dtype dt)
+{
+    switch (dt) {
+    case HA_F16: return __half2float(__ushort_as_half((unsigned short)raw));
+    case HA_BF16: return __uint_as_float(raw << 16);
+    default: return __uint_as_float(raw);
+    }
+}
+
+/* A block of 256 threads fills the query tile's 8 rows × dim / 2 pairs in two turns. */
+static_assert(4 * CU_MMA_MAX_DIM <= 2 * CU_ATTEND_THREADS && CU_ATTEND_THREADS == CU_MATCH_THREADS,
+              "the query tile in two turns of the attend and fused blocks");
 
 /*
  * DT: HA_F16 or HA_BF16; D: the instance's widest row (a multiple of 16, ≥ p.head_dim). The rows
@@ -182,17 +224,16 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
      * valid-row masks of the tiles requested but not yet used (16 bits each, oldest lowest) */
     int64_t issued = 0, off = -1;
     int put = 0, queued = 0;
-    uint32_t masks = 0;
+    uint32_t masks = 0, valid = 0;
     auto request = [&]() {
         if (issued < mats) {
             const int mat = (int)(issued & 1);
             if (mat == 0) {
-                uint32_t valid;
                 off = attend_mma_offset(p, b, kv_head, n, list, p0 + (warp + (issued >> 1) * warps) * CU_MMA_TILE, p1,
                                         &valid);
                 masks |= valid << (16 * queued++);
             }
-            attend_mma_copy(bufs + put * tile_bytes, mat ? v_data : k_data, off, mat, d);
+            attend_mma_copy<D>(bufs + put * tile_bytes, mat ? v_data : k_data, off, valid, mat, d);
         }
         copy_commit(); /* a group per matrix, empty past the end: the waits count groups */
         issued++;
@@ -200,19 +241,24 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
     };
 
     __syncthreads(); /* the previous unit's merge is done with the shared memory */
-    for (int r = 0; r < ring; r++) /* the first matrices in flight before anything else */
+    /* the query tile: rows 0..7 the heads' queries in base-2 logit scale, rounded; rows 8..15 the rest.
+     * Its loads go out first, the first matrices' copies while they are in flight. */
+    const int pairs = 8 * (d / 2);
+    uint32_t q_raw[2][2] = {{0, 0}, {0, 0}};
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+        const int e = tid + t * blockDim.x, h = e / (d / 2);
+        if (e < pairs && h < H)
+            attend_mma_q_load(cu_row(p.q, ha_elem_size(p.q.dtype), b, h0 + h, 0), p.q.dtype, 2 * (e % (d / 2)), q_raw[t]);
+    }
+    for (int r = 0; r < ring; r++)
         request();
-    /* the query tile: rows 0..7 the heads' queries in base-2 logit scale, rounded; rows 8..15 the rest */
-    {
-        const size_t q_elem = ha_elem_size(p.q.dtype);
-        for (int e = tid; e < 8 * (d / 2); e += blockDim.x) {
-            const int h = e / (d / 2), i = 2 * (e % (d / 2));
-            float x0 = 0.0f, x1 = 0.0f;
-            if (h < H) {
-                const void *qrow = cu_row(p.q, q_elem, b, h0 + h, 0);
-                x0 = cu_load_f32(qrow, p.q.dtype, i) * p.scale_log2;
-                x1 = cu_load_f32(qrow, p.q.dtype, i + 1) * p.scale_log2;
-            }
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+        const int e = tid + t * blockDim.x, h = e / (d / 2), i = 2 * (e % (d / 2));
+        if (e < pairs) {
+            const float x0 = h < H ? attend_mma_q_value(q_raw[t][0], p.q.dtype) * p.scale_log2 : 0.0f;
+            const float x1 = h < H ? attend_mma_q_value(q_raw[t][1], p.q.dtype) * p.scale_log2 : 0.0f;
             uint32_t hi, lo;
             op::split(x0, x1, &hi, &lo);
             *(uint32_t *)(q_tile + h * rs + i * 2) = hi;
@@ -234,7 +280,7 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
         __syncwarp();
         const char *tile = bufs + take * tile_bytes;
         if ((j & 1) == 0) {
-            const uint32_t valid = masks & 0xffffu;
+            const uint32_t rows = masks & 0xffffu;
             masks >>= 16;
             queued--;
             float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
@@ -255,7 +301,7 @@ static __device__ __forceinline__ void attend_rows_mma(const attend_params &p, f
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int r = nt * 8 + tig * 2 + e;
-                    x[nt][e] = (valid >> r) & 1 ? s[nt][e] + s[nt][2 + e] : -INFINITY;
+                    x[nt][e] = (rows >> r) & 1 ? s[nt][e] + s[nt][2 + e] : -INFINITY;
                     mx = fmaxf(mx, x[nt][e]);
                 }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));

@@ -172,6 +172,7 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
                                                                 p.m.indices + item * p.m.index_stride, count * c / C,
                                                                 count * (c + 1) / C);
     const int slots = fused_attend_mma(G, DT) ? (int)(blockDim.x >> 5) : attend_slot_count(p.a);
+    attend_slot_weights(p.a, fsmem, slots);
     for (int e = threadIdx.x; e < G * d; e += blockDim.x) {
         const int h = e / d, i = e % d;
         float M, L, A;
