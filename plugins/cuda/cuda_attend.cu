@@ -13,13 +13,18 @@
  * block merges its slots through shared memory; with one split it writes the output, otherwise the
  * split's (m, l, sums) go to the plan's scratch and the last split of the unit to finish (a counter
  * per unit) merges them all by their log-sum-exp and writes the output.
+ *
+ * Units of 2..8 heads with 16-bit K/V (group mode) walk their rows on the tensor cores instead
+ * (cuda_attend_mma.cuh: tiles of 16 rows per warp copied with cp.async, mma.sync, a slot per warp);
+ * the merges are the same.
  */
 #include "cuda_attend_mma.cuh"
 
 /* ---- the merges ---------------------------------------------------------------------------------------- */
 
 /* The weighted sums of merge_splits: V consecutive elements of a row per thread (V = 2 where the rows
- * are even: 8-byte loads, one element pair per thread at 4 heads × 128, its loads all independent). */
+ * are even and the pairs still give every thread one: 8-byte loads, one pair per thread at 4 heads ×
+ * 128, its loads all independent). */
 template <int V>
 static __device__ __forceinline__ void merge_sums(const attend_params &p, int32_t b, int32_t h0, const float *weight,
                                                   const float *total, const float *top)

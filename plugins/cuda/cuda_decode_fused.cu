@@ -16,7 +16,8 @@
  *   2. a cluster barrier; every block reads the G codes through distributed shared memory and runs the
  *      cluster match of its chunk (cuda_match_cluster.cuh), which writes the item's index row;
  *   3. a cluster barrier (the row is complete and visible); block c attends over the c-th of C equal
- *      parts of the index row (cuda_attend.cuh: balanced by kept rows, not by chunk), its (m, l, sums)
+ *      parts of the index row (cuda_attend.cuh: balanced by kept rows, not by chunk; for groups of 4 with
+ *      16-bit K/V the tensor-core walk of cuda_attend_mma.cuh), its (m, l, sums)
  *      per head in shared memory; after a cluster barrier each block merges a share of the outputs
  *      from the C partial results through distributed shared memory and writes them.
  *
