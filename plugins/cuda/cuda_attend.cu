@@ -13,10 +13,49 @@
  * block merges its slots through shared memory; with one split it writes the output, otherwise the
  * split's (m, l, sums) go to the plan's scratch and the last split of the unit to finish (a counter
  * per unit) merges them all by their log-sum-exp and writes the output.
+ *
+ * Units of 2..8 heads with 16-bit K/V (group mode) walk their rows on the tensor cores instead
+ * (cuda_attend_mma.cuh: tiles of 16 rows per warp copied with cp.async, mma.sync, a slot per warp);
+ * the merges are the same.
  */
-#include "cuda_attend.cuh"
+#include "cuda_attend_mma.cuh"
 
 /* ---- the merges ---------------------------------------------------------------------------------------- */
+
+/* The weighted sums of merge_splits: V consecutive elements of a row per thread (V = 2 where the rows
+ * are even and the pairs still give every thread one: 8-byte loads, one pair per thread at 4 heads ×
+ * 128, its loads all independent). */
+template <int V>
+static __device__ __forceinline__ void merge_sums(const attend_params &p, int32_t b, int32_t h0, const float *weight,
+                                                  const float *total, const float *top)
+{
+    const int H = p.unit_heads, d = p.head_dim, S = p.splits;
+    const int64_t slot_floats = d + 2;
+    for (int e = threadIdx.x * V; e < H * d; e += blockDim.x * V) {
+        const int h = e / d, i = e % d;
+        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats + 2 + i;
+        /* every split wrote its sums (0 where it had no rows, weight 0): the loads need no condition,
+         * so several are in flight at once */
+        float a[V] = {};
+#pragma unroll(8 * V)
+        for (int c = 0; c < S; c++) {
+            const float w = weight[h * CU_ATTEND_MAX_SPLITS + c];
+            if constexpr (V == 2) {
+                const float2 x = __ldcg((const float2 *)(first + c * slot_floats));
+                a[0] = fmaf(w, x.x, a[0]);
+                a[1] = fmaf(w, x.y, a[1]);
+            } else {
+                a[0] = fmaf(w, __ldcg(first + c * slot_floats), a[0]);
+            }
+        }
+        const float l = total[h];
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            store_out(p, b, h0 + h, i + v, l > 0.0f ? a[v] / l : 0.0f);
+        if (i == 0 && p.lse)
+            p.lse[(int64_t)b * p.q_heads + h0 + h] = l > 0.0f ? (top[h] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+    }
+}
 
 /* The last split of a unit to finish: combines every split's (m, l, sums), weights 2^(m_c − max m). */
 static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h0, float *weight, float *total,
@@ -46,34 +85,27 @@ static __device__ void merge_splits(const attend_params &p, int32_t b, int32_t h
         }
     }
     __syncthreads();
-    for (int e = tid; e < H * d; e += blockDim.x) {
-        const int h = e / d, i = e % d;
-        const float *first = p.partials + ((int64_t)b * p.q_heads + h0 + h) * S * slot_floats;
-        /* every split wrote its sums (0 where it had no rows, weight 0): the loads need no condition,
-         * so several are in flight at once */
-        float a = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < S; c++)
-            a = fmaf(weight[h * CU_ATTEND_MAX_SPLITS + c], __ldcg(first + c * slot_floats + 2 + i), a);
-        const float l = total[h];
-        store_out(p, b, h0 + h, i, l > 0.0f ? a / l : 0.0f);
-        if (i == 0 && p.lse)
-            p.lse[(int64_t)b * p.q_heads + h0 + h] = l > 0.0f ? (top[h] + log2f(l)) * 0.69314718055994531f : -INFINITY;
-    }
+    if (d % 2 == 0 && H * d >= 2 * (int)blockDim.x) /* pairs where they still give every thread work */
+        merge_sums<2>(p, b, h0, weight, total, top);
+    else
+        merge_sums<1>(p, b, h0, weight, total, top);
 }
 
 /* ---- the kernel ---------------------------------------------------------------------------------------- */
 
 /*
- * DT, VEC, HMAX, U: see attend_rows; MIN_BLOCKS: blocks per SM the registers must allow.
+ * DT, VEC, HMAX, U: see attend_rows; MIN_BLOCKS: blocks per SM the registers must allow; MMA_D: 0, or
+ * the widest row of the tensor-core walk (attend_rows_mma, cuda_attend_mma.cuh) that this instance runs
+ * instead (then VEC, HMAX and U are unused).
  */
-template <int DT, int VEC, int HMAX, int U, int MIN_BLOCKS>
+template <int DT, int VEC, int HMAX, int U, int MIN_BLOCKS, int MMA_D>
 static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_kernel(const attend_params p)
 {
     extern __shared__ __align__(16) float smem[];
     __shared__ float total_s[CU_ATTEND_MAX_HEADS], top_s[CU_ATTEND_MAX_HEADS];
     const int64_t work = (int64_t)p.batch * p.units_per_seq * p.splits;
     const attend_layout lay = attend_lane_layout(p);
+    const int slots = MMA_D ? (int)(blockDim.x >> 5) : attend_slot_count(p);
     cu_let_next_grid_start();
     cu_wait_prior_grids(); /* the index lists of the match stage */
 
@@ -92,12 +124,16 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
             len = cu_clamp_len(p.counts[row], p.index_stride);
         }
         const int64_t p0 = len * split / p.splits, p1 = len * (split + 1) / p.splits;
-        attend_rows<DT, VEC, HMAX, U>(p, lay, smem, b, h0, kv_head, n, list, p0, p1);
+        if constexpr (MMA_D > 0)
+            attend_rows_mma<DT, MMA_D>(p, smem, b, h0, kv_head, n, list, p0, p1);
+        else
+            attend_rows<DT, VEC, HMAX, U>(p, lay, smem, b, h0, kv_head, n, list, p0, p1);
         const int d = p.head_dim;
+        attend_slot_weights(p, smem, slots);
         for (int e = threadIdx.x; e < H * d; e += blockDim.x) {
             const int h = e / d, i = e % d;
             float M, L, A;
-            attend_slot_merge(p, smem, h, i, &M, &L, &A);
+            attend_slot_merge(p, smem, slots, h, i, &M, &L, &A);
             if (p.splits == 1) {
                 store_out(p, b, h0 + h, i, L > 0.0f ? A / L : 0.0f);
                 if (i == 0 && p.lse)
@@ -114,11 +150,8 @@ static __global__ void __launch_bounds__(CU_ATTEND_THREADS, MIN_BLOCKS) attend_k
         if (p.splits == 1)
             continue;
         /* the last split of the unit to get here merges them */
-        if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits)) {
-            const int slots = (blockDim.x >> 5) * (32 / p.lanes_per_row);
-            merge_splits(p, b, h0, smem + attend_smem_floats(slots, H, d) - CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2),
-                         total_s, top_s);
-        }
+        if (cu_last_to_arrive(&p.arrived[unit], (uint32_t)p.splits))
+            merge_splits(p, b, h0, attend_merge_area(smem, slots, H, d), total_s, top_s);
     }
 }
 
@@ -132,15 +165,15 @@ static attend_kernel_fn pick(int32_t heads)
 {
     if constexpr (VEC == 1) { /* unaligned layouts: one instance */
         (void)heads;
-        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 1, 1>;
+        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, 1, 1, 0>;
     } else {
         if (heads <= 1)
-            return attend_kernel<DT, VEC, 1, attend_rows_in_flight<DT, 1>(), 2>;
+            return attend_kernel<DT, VEC, 1, attend_rows_in_flight<DT, 1>(), 2, 0>;
         if (heads <= 2)
-            return attend_kernel<DT, VEC, 2, attend_rows_in_flight<DT, 2>(), 2>;
+            return attend_kernel<DT, VEC, 2, attend_rows_in_flight<DT, 2>(), 2, 0>;
         if (heads <= 4)
-            return attend_kernel<DT, VEC, 4, attend_rows_in_flight<DT, 4>(), 2>;
-        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, attend_rows_in_flight<DT, CU_ATTEND_MAX_HEADS>(), 1>;
+            return attend_kernel<DT, VEC, 4, attend_rows_in_flight<DT, 4>(), 2, 0>;
+        return attend_kernel<DT, VEC, CU_ATTEND_MAX_HEADS, attend_rows_in_flight<DT, CU_ATTEND_MAX_HEADS>(), 1, 0>;
     }
 }
 
@@ -148,6 +181,15 @@ template <int DT>
 static attend_kernel_fn pick_width(bool vector, int32_t heads)
 {
     return vector ? pick<DT, 16 / (DT == HA_F32 ? 4 : 2)>(heads) : pick<DT, 1>(heads);
+}
+
+/* The tensor-core instance for 16-bit K/V (attend_mma_fits) in rows of `dim` elements. */
+template <int DT>
+static attend_kernel_fn pick_mma(int32_t dim)
+{
+    if (dim <= 64)
+        return attend_kernel<DT, 8, CU_ATTEND_MAX_HEADS, 1, 2, 64>;
+    return attend_kernel<DT, 8, CU_ATTEND_MAX_HEADS, 1, 2, CU_MMA_MAX_DIM>;
 }
 
 static attend_kernel_fn pick_kernel(ha_dtype dt, bool vector, int32_t heads)
@@ -190,6 +232,12 @@ ha_status cu_attend_prepare(const cu_ctx *ctx)
         st = cu_prepare_kernel(pick_kernel(types[t], false, 1), ctx, "cuda init: attend kernel");
         for (int h = 0; h < 4 && st == HA_OK; h++)
             st = cu_prepare_kernel(pick_kernel(types[t], true, heads[h]), ctx, "cuda init: attend kernel");
+    }
+    const int32_t dims[2] = {64, CU_MMA_MAX_DIM};
+    for (int i = 0; i < 2 && st == HA_OK; i++) {
+        st = cu_prepare_kernel(pick_mma<HA_F16>(dims[i]), ctx, "cuda init: attend kernel");
+        if (st == HA_OK)
+            st = cu_prepare_kernel(pick_mma<HA_BF16>(dims[i]), ctx, "cuda init: attend kernel");
     }
     return st;
 }
@@ -268,13 +316,21 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     p.partials = plan->partials;
     p.arrived = plan->attend_arrived;
 
-    const int32_t slots = (CU_ATTEND_THREADS / 32) * (32 / p.lanes_per_row);
-    const size_t smem = attend_smem_floats(slots, p.unit_heads, p.head_dim) * sizeof(float);
+    /* group mode with 16-bit K/V: the tensor-core walk (cuda_attend_mma.cuh), a slot per warp; a ring
+     * of 3 tile buffers per warp where two blocks still fit an SM beside it (an SM has the opt-in limit
+     * of one block + 1 KB; each block has 1 KB reserved), else 2 */
+    const bool mma = attend_mma_fits(a->k.dtype, vector, p.unit_heads, p.head_dim);
+    const int32_t slots = (CU_ATTEND_THREADS / 32) * (32 / p.lanes_per_row), warps = CU_ATTEND_THREADS / 32;
+    p.mma_ring = 2 * (attend_mma_smem_bytes(warps, p.unit_heads, p.head_dim, 3) + 2048) <= ctx->smem_optin + 1024 ? 3 : 2;
+    const size_t smem = mma ? attend_mma_smem_bytes(warps, p.unit_heads, p.head_dim, p.mma_ring)
+                            : attend_smem_floats(slots, p.unit_heads, p.head_dim) * sizeof(float);
     if (smem > ctx->smem_optin)
         return cu_fail(HA_ERR_UNSUPPORTED, "cuda attend: %d heads × head_dim %d need %zu bytes of shared memory",
                        p.unit_heads, p.head_dim, smem);
     cudaStream_t stream = (cudaStream_t)a->stream;
-    attend_kernel_fn kernel = pick_kernel(a->k.dtype, vector, p.unit_heads);
+    attend_kernel_fn kernel = !mma ? pick_kernel(a->k.dtype, vector, p.unit_heads)
+                              : a->k.dtype == HA_F16 ? pick_mma<HA_F16>(p.head_dim)
+                                                     : pick_mma<HA_BF16>(p.head_dim);
     return cu_launch(ctx, kernel, cu_grid(units * p.splits), CU_ATTEND_THREADS, smem, stream, 1,
                      "cuda attend: kernel launch", p);
 }

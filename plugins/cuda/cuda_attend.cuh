@@ -41,6 +41,7 @@ typedef struct attend_params {
     float *partials;       /**< [batch × q_heads][splits][head_dim + 2] when splits > 1 */
     uint32_t *arrived;     /**< [units]: splits done                 */
     int64_t max_tokens;
+    int32_t mma_ring;      /**< tile buffers per warp of attend_rows_mma (cuda_attend_mma.cuh) */
 } attend_params;
 
 /* ---- loading K, V: VEC elements of dtype DT at once, as floats ------------------------------------------ */
@@ -326,29 +327,58 @@ static __device__ __forceinline__ void attend_rows(const attend_params &p, const
     __syncthreads();
 }
 
-/* The block's merge of its slots for head h (of the unit), element i: *M (base 2), *L, *A. Call after
- * attend_rows. */
-static __device__ __forceinline__ void attend_slot_merge(const attend_params &p, float *smem, int h, int i, float *M_out,
-                                                         float *L_out, float *A_out)
+/* Slots of a block of attend_rows: a lane group each. */
+static __device__ __forceinline__ int attend_slot_count(const attend_params &p)
 {
-    const int H = p.unit_heads, d = p.head_dim, slots = (blockDim.x >> 5) * (32 / p.lanes_per_row);
-    float *slot_ml, *slot_acc;
+    return (blockDim.x >> 5) * (32 / p.lanes_per_row);
+}
+
+/* The tail of a block's shared memory (attend_smem_floats): attend_slot_weights's results ([heads][slots]
+ * weights, then M and L of each head), later the split merge's weights. */
+static __device__ __forceinline__ float *attend_merge_area(float *smem, int slots, int heads, int dim)
+{
+    return smem + attend_smem_floats(slots, heads, dim) - (size_t)CU_ATTEND_MAX_HEADS * (CU_ATTEND_MAX_SPLITS + 2);
+}
+
+/* The block's merge of its `slots` slots (after attend_rows, slots = attend_slot_count, or attend_rows_mma,
+ * a warp each), first part: per head the largest m (base 2) M of the slots that saw rows, each slot's
+ * weight 2^(m_k − M) (0 for one that saw none) and L = Σ weight·l. Ends with a barrier. */
+static __device__ __forceinline__ void attend_slot_weights(const attend_params &p, float *smem, int slots)
+{
+    const int H = p.unit_heads, d = p.head_dim;
+    float *slot_ml, *slot_acc, *w = attend_merge_area(smem, slots, H, d);
     attend_slots(smem, slots, H, d, &slot_ml, &slot_acc);
-    float M = -INFINITY;
-    for (int k = 0; k < slots; k++)
-        if (slot_ml[(k * H + h) * 2 + 1] > 0.0f)
-            M = fmaxf(M, slot_ml[(k * H + h) * 2]);
-    float L = 0.0f, A = 0.0f;
-    for (int k = 0; k < slots; k++) {
-        const float lk = slot_ml[(k * H + h) * 2 + 1];
-        if (lk > 0.0f) {
-            const float wk = exp2f(slot_ml[(k * H + h) * 2] - M);
+    for (int h = threadIdx.x; h < H; h += blockDim.x) {
+        float M = -INFINITY;
+        for (int k = 0; k < slots; k++)
+            if (slot_ml[(k * H + h) * 2 + 1] > 0.0f)
+                M = fmaxf(M, slot_ml[(k * H + h) * 2]);
+        float L = 0.0f;
+        for (int k = 0; k < slots; k++) {
+            const float lk = slot_ml[(k * H + h) * 2 + 1];
+            const float wk = lk > 0.0f ? exp2f(slot_ml[(k * H + h) * 2] - M) : 0.0f;
+            w[h * slots + k] = wk;
             L = fmaf(wk, lk, L);
-            A = fmaf(wk, slot_acc[(k * H + h) * d + i], A);
         }
+        w[H * slots + h] = M;
+        w[H * slots + H + h] = L;
     }
-    *M_out = M;
-    *L_out = L;
+    __syncthreads();
+}
+
+/* Second part, for head h (of the unit), element i: *M (base 2), *L, *A (the weighted sums). */
+static __device__ __forceinline__ void attend_slot_merge(const attend_params &p, float *smem, int slots, int h, int i,
+                                                         float *M_out, float *L_out, float *A_out)
+{
+    const int H = p.unit_heads, d = p.head_dim;
+    float *slot_ml, *slot_acc;
+    const float *w = attend_merge_area(smem, slots, H, d);
+    attend_slots(smem, slots, H, d, &slot_ml, &slot_acc);
+    float A = 0.0f;
+    for (int k = 0; k < slots; k++) /* a slot without rows has weight 0 and sums 0 */
+        A = fmaf(w[h * slots + k], slot_acc[(k * H + h) * d + i], A);
+    *M_out = w[H * slots + h];
+    *L_out = w[H * slots + H + h];
     *A_out = A;
 }
 

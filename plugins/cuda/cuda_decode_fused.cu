@@ -16,7 +16,8 @@
  *   2. a cluster barrier; every block reads the G codes through distributed shared memory and runs the
  *      cluster match of its chunk (cuda_match_cluster.cuh), which writes the item's index row;
  *   3. a cluster barrier (the row is complete and visible); block c attends over the c-th of C equal
- *      parts of the index row (cuda_attend.cuh: balanced by kept rows, not by chunk), its (m, l, sums)
+ *      parts of the index row (cuda_attend.cuh: balanced by kept rows, not by chunk; for groups of 4 with
+ *      16-bit K/V the tensor-core walk of cuda_attend_mma.cuh), its (m, l, sums)
  *      per head in shared memory; after a cluster barrier each block merges a share of the outputs
  *      from the C partial results through distributed shared memory and writes them.
  *
@@ -30,7 +31,7 @@
  * CU_FUSED_MAX_TOKENS tokens (HASHATTN_CUDA_FUSED=1 takes it there too, =0 never). Measurements:
  * docs/cuda_performance.md, "Session 5b".
  */
-#include "cuda_attend.cuh"
+#include "cuda_attend_mma.cuh"
 #include "cuda_encode_row.cuh"
 #include "cuda_match_cluster.cuh"
 
@@ -97,6 +98,13 @@ static __host__ __device__ constexpr int fused_blocks_per_sm(int G)
     return G == 1 ? 2 : 1;
 }
 
+/* The attend phase of the instances for groups of G > 1 with 16-bit K/V walks the tensor cores
+ * (attend_rows_mma, a slot per warp; the host takes the step there only where it fits). */
+static __host__ __device__ constexpr bool fused_attend_mma(int G, int DT)
+{
+    return G > 1 && DT != HA_F32;
+}
+
 /* G: query heads per selection head (= the attend unit's heads); HL: the match's histogram copies;
  * DT: the K/V dtype (16-byte loads). */
 template <int G, int HL, int DT>
@@ -156,13 +164,20 @@ static __global__ void __launch_bounds__(CU_MATCH_THREADS, fused_blocks_per_sm(G
     const int64_t count = kept_s;
     const int32_t h0 = s * G, d = p.a.head_dim;
     float *fsmem = (float *)smem, *part = fsmem + p.part_offset; /* part: [G][2 + d] */
-    attend_rows<DT, VEC, G, attend_rows_in_flight<DT, G>()>(p.a, attend_lane_layout(p.a), fsmem, b, h0, h0 / p.a.group,
-                                                            length_s, p.m.indices + item * p.m.index_stride,
-                                                            count * c / C, count * (c + 1) / C);
+    if constexpr (fused_attend_mma(G, DT))
+        attend_rows_mma<DT, CU_MMA_MAX_DIM>(p.a, fsmem, b, h0, h0 / p.a.group, length_s,
+                                            p.m.indices + item * p.m.index_stride, count * c / C, count * (c + 1) / C);
+    else
+        attend_rows<DT, VEC, G, attend_rows_in_flight<DT, G>()>(p.a, attend_lane_layout(p.a), fsmem, b, h0,
+                                                                h0 / p.a.group, length_s,
+                                                                p.m.indices + item * p.m.index_stride, count * c / C,
+                                                                count * (c + 1) / C);
+    const int slots = fused_attend_mma(G, DT) ? (int)(blockDim.x >> 5) : attend_slot_count(p.a);
+    attend_slot_weights(p.a, fsmem, slots);
     for (int e = threadIdx.x; e < G * d; e += blockDim.x) {
         const int h = e / d, i = e % d;
         float M, L, A;
-        attend_slot_merge(p.a, fsmem, h, i, &M, &L, &A);
+        attend_slot_merge(p.a, fsmem, slots, h, i, &M, &L, &A);
         part[h * (d + 2) + 2 + i] = A;
         if (i == 0) {
             part[h * (d + 2)] = M;
@@ -254,9 +269,17 @@ ha_status cu_decode_fused(const cu_ctx *ctx, const cu_plan *plan, const ha_decod
     /* the match's partition: the most chunks (≤ the one-launch match's) whose clusters all run at once
      * (a cluster left for a second wave doubles the step: call 2 of session 5b) */
     const int64_t items = (int64_t)ma->batch * ma->sel_heads;
-    const int32_t slots = (CU_MATCH_THREADS / 32) * (32 / p.a.lanes_per_row);
+    const bool mma = fused_attend_mma(G, aa->k.dtype);
+    if (mma && !attend_mma_fits(aa->k.dtype, vector, G, p.a.head_dim))
+        return HA_OK;
+    const int32_t warps = CU_MATCH_THREADS / 32, slots = mma ? warps : warps * (32 / p.a.lanes_per_row);
     p.part_offset = (int64_t)attend_smem_floats(slots, G, p.a.head_dim);
-    const size_t attend_smem = ((size_t)p.part_offset + (size_t)G * (p.a.head_dim + 2)) * sizeof(float);
+    size_t attend_smem = ((size_t)p.part_offset + (size_t)G * (p.a.head_dim + 2)) * sizeof(float);
+    if (mma) { /* the tiles overlap the part, which is written after the walk (1 block per SM: 3 buffers) */
+        p.a.mma_ring = 3;
+        const size_t tiles = attend_mma_smem_bytes(warps, G, p.a.head_dim, p.a.mma_ring);
+        attend_smem = tiles > attend_smem ? tiles : attend_smem;
+    }
     fused_kernel_fn kernel = NULL;
     size_t smem = 0;
     int32_t C = cu_match_cluster_size(plan, items);

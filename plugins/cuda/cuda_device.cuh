@@ -148,6 +148,37 @@ static __device__ __forceinline__ bool cu_last_to_arrive(uint32_t *counter, uint
     return last;
 }
 
+/* ---- asynchronous copies into shared memory (cp.async, sm_80+) -------------------------------------- */
+
+static __device__ __forceinline__ void copy16_async(void *dst, const void *src)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+/** As copy16_async, but where !ok it reads nothing and writes 16 zero bytes (src must still be a valid address). */
+static __device__ __forceinline__ void copy16_async_or_zero(void *dst, const void *src, bool ok)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+
+static __device__ __forceinline__ void copy_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/* Waits until at most `pending` of this thread's commit groups are still in flight. */
+static __device__ __forceinline__ void copy_wait(int pending)
+{
+    switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+    }
+}
+
 /* ---- programmatic dependent launch (sm_90; no-ops before) --------------------------------------------
  * cu_launch lets a kernel start while the stream's previous kernel drains, so every kernel it
  * launches calls cu_wait_prior_grids before it reads what an earlier kernel wrote or writes what one

@@ -48,28 +48,6 @@ static __host__ __device__ __forceinline__ int32_t padded_outputs(const int32_t 
     return l == depth - 1 && words * 32 > o ? words * 32 : o;
 }
 
-static __device__ __forceinline__ void copy16_async(float *dst, const float *src)
-{
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-
-static __device__ __forceinline__ void copy_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-/* Waits until at most `pending` of this thread's commit groups are still in flight. */
-static __device__ __forceinline__ void copy_wait(int pending)
-{
-    switch (pending) {
-    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-    }
-}
-
 template <int TILE>
 static __global__ void __launch_bounds__(CU_ENCODE_THREADS, 1) encode_kernel(const encode_params p)
 {
