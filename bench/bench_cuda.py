@@ -8,7 +8,11 @@ the new key and the queries, match, attend) through ctypes on torch's tensors an
 stream; its own byte floor counts the key codes and the kept K, V rows. Every contender is timed
 called directly ("eager", host overhead included where the GPU waits for it) and replayed from a
 CUDA graph; the speedups compare graph replays. Times are medians of CUDA-event timings, each
-repetition on the next of several input sets whose total exceeds the L2 cache.
+repetition on the next of several input sets whose total exceeds the L2 cache. Graph replays are
+also timed "held" (the GPU kept busy by a spin while the host enqueues the timed replay, so the
+events bracket its device time without the host's launch latency; "held_speedup_*"), and a
+one-element add is timed both ways (info "launch_floor_us", "launch_floor_held_us"): the part of a
+small step's time that is the timing's own.
 
 Shapes: Llama-3.1-8B decode (Hq 32, Hkv 8, d 128, bf16), B × n from --batches / --lengths (or the
 list --shapes), 32× and 16× sparsity (heavy = n/32, n/16; sink 128, local 128), paper and group
@@ -182,12 +186,22 @@ class InputSet:
 
 # ---- timing ----------------------------------------------------------------------------------------
 
-def time_calls(fns, reps, warmup=3):
+# A GPU spin of this many cycles (~100 µs at 2 GHz) before each timed call when held=True: the host
+# then enqueues the start event, the call and the end event while the GPU is still spinning, so the
+# events bracket the call's time on the device alone, without the host's launch latency (nvbench's
+# "blocking kernel"). The default timing (held=False) keeps that latency in, as a host that launches
+# one step at a time sees it.
+HOLD_CYCLES = 200_000
+
+
+def time_calls(fns, reps, warmup=3, held=False):
     """Median µs of fn() over reps calls, call i on fns[i % len(fns)], each between CUDA events."""
     for i in range(warmup * len(fns)):
         fns[i % len(fns)]()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
     for i, (start, end) in enumerate(events):
+        if held:
+            torch.cuda._sleep(HOLD_CYCLES)
         start.record()
         fns[i % len(fns)]()
         end.record()
@@ -216,6 +230,14 @@ def graph_time(fns, reps):
     """Graph-replay µs of the functions (median over reps replays, rotating as time_calls does)."""
     graphs, replays = graphs_of(fns)
     return time_calls(replays, reps)
+
+
+def launch_floor():
+    """(graph-replay µs, held graph-replay µs) of a one-element add: what the timing itself costs."""
+    one = torch.zeros(1, device="cuda")
+    fns = [lambda: one.add_(1)]
+    graphs, replays = graphs_of(fns)
+    return time_calls(replays, 50), time_calls(replays, 50, held=True)
 
 
 def mlp_param_bytes():
@@ -254,10 +276,10 @@ def plan_for(lib, rt, weights, b, n, sparsity):
 
 
 def timed(fns, reps):
-    """(eager µs, graph-replay µs) of the functions, each a median over reps calls."""
+    """(eager µs, graph-replay µs, held graph-replay µs) of the functions, each a median over reps calls."""
     eager = time_calls(fns, reps)
     graphs, replays = graphs_of(fns)
-    return eager, time_calls(replays, reps)
+    return eager, time_calls(replays, reps), time_calls(replays, reps, held=True)
 
 
 def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=False, profile=False):
@@ -290,7 +312,8 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=
     dense = {"dense_floor_us": kv_bytes / bw * 1e6}
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         try:
-            dense[f"sdpa_{name}_eager_us"], dense[f"sdpa_{name}_us"] = timed(sdpa_runner(backend, sets), reps)
+            (dense[f"sdpa_{name}_eager_us"], dense[f"sdpa_{name}_us"],
+             dense[f"sdpa_{name}_held_us"]) = timed(sdpa_runner(backend, sets), reps)
         except RuntimeError as e:  # a backend that refuses the shape
             dense[f"sdpa_{name}_us"] = None
             dense[f"sdpa_{name}_error"] = str(e).splitlines()[0]
@@ -301,10 +324,13 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=
         r = {"batch": b, "n": n, "mode": mode, "sparsity": sp, "kept": kept, "input_sets": count, **dense}
         # a step reads every token's code and the kept K, V rows (per query head in paper mode)
         r["hash_floor_us"] = (b * code_heads * n * 4 + b * code_heads * kept * D * 2 * 2) / bw * 1e6
-        r["hash_eager_us"], r["hash_graph_us"] = timed([lambda s=s: s.hash_step(plan) for s in sets], reps)
+        r["hash_eager_us"], r["hash_graph_us"], r["hash_held_us"] = timed(
+            [lambda s=s: s.hash_step(plan) for s in sets], reps)
         for name in ("cudnn", "flash"):
             t = r.get(f"sdpa_{name}_us")
             r[f"speedup_vs_{name}"] = t / r["hash_graph_us"] if t else None
+            t = r.get(f"sdpa_{name}_held_us")
+            r[f"held_speedup_vs_{name}"] = t / r["hash_held_us"] if t else None
         if stages:
             sel = lib.h.ha_plan_selection_heads(plan)
             # an encode reads each head's MLP once for the whole batch
@@ -392,7 +418,10 @@ def main():
     info = {"device": props.name, "backend": lib.h.ha_runtime_backend_description(rt).decode(),
             "torch": torch.__version__, "copy_bandwidth_GBps": bw / 1e9, "l2_bytes": l2, "config": args.config,
             "q_heads": HQ, "kv_heads": HKV, "dtype": str(DTYPE).replace("torch.", "")}
+    info["launch_floor_us"], info["launch_floor_held_us"] = launch_floor()
     print(f"{info['device']}: copy {bw / 1e9:.0f} GB/s, L2 {l2 >> 20} MiB; hashattn: {info['backend']}", flush=True)
+    print(f"a one-element add, graph replay: {info['launch_floor_us']:.1f} µs ({info['launch_floor_held_us']:.1f} µs "
+          "held: the host's launch latency off the clock)", flush=True)
 
     results = []
     tmp = tempfile.mkdtemp()
@@ -427,6 +456,8 @@ def main():
                       f"floor {r['dense_floor_us']:7.1f} | hash {r['hash_graph_us']:7.1f} (eager "
                       f"{r['hash_eager_us']:7.1f})  floor {r['hash_floor_us']:6.1f} | "
                       f"x{r['speedup_vs_cudnn'] or 0:5.2f} vs cudnn", flush=True)
+                print(f"    held (device time only): cudnn {fmt(r['sdpa_cudnn_held_us'])}  hash "
+                      f"{r['hash_held_us']:7.1f} | x{r['held_speedup_vs_cudnn'] or 0:5.2f} vs cudnn", flush=True)
                 if "stage_attend_us" in r:
                     print("    stages µs (floor): " + "  ".join(
                         f"{k} {r[f'stage_{k}_us']:.1f} ({r[f'stage_{k}_floor_us']:.1f})"
