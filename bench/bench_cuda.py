@@ -227,9 +227,10 @@ def graphs_of(fns):
 
 
 def graph_time(fns, reps):
-    """Graph-replay µs of the functions (median over reps replays, rotating as time_calls does)."""
+    """(graph-replay µs, held graph-replay µs) of the functions (medians over reps replays, rotating as
+    time_calls does)."""
     graphs, replays = graphs_of(fns)
-    return time_calls(replays, reps)
+    return time_calls(replays, reps), time_calls(replays, reps, held=True)
 
 
 def launch_floor():
@@ -340,7 +341,7 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=
                 s.stage_buffers(plan)
             per_set = [s.stage_fns(plan) for s in sets]
             for i, (name, _) in enumerate(per_set[0]):
-                r[f"stage_{name}_us"] = graph_time([fns[i][1] for fns in per_set], reps)
+                r[f"stage_{name}_us"], r[f"stage_{name}_held_us"] = graph_time([fns[i][1] for fns in per_set], reps)
                 r[f"stage_{name}_floor_us"] = floors[name] / bw * 1e6
         lib.h.ha_plan_destroy(plan)
         results.append(r)
@@ -462,6 +463,9 @@ def main():
                     print("    stages µs (floor): " + "  ".join(
                         f"{k} {r[f'stage_{k}_us']:.1f} ({r[f'stage_{k}_floor_us']:.1f})"
                         for k in ("encode_q", "encode_k", "match", "attend")), flush=True)
+                    print("    stages held µs: " + "  ".join(
+                        f"{k} {r[f'stage_{k}_held_us']:.1f}" for k in ("encode_q", "encode_k", "match", "attend")),
+                        flush=True)
             with open(args.json, "w") as f:  # after every shape: a run cut short keeps what it measured
                 json.dump({"info": info, "results": results}, f, indent=1)
     for w in weights.values():
