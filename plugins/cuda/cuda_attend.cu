@@ -14,9 +14,9 @@
  * split's (m, l, sums) go to the plan's scratch and the last split of the unit to finish (a counter
  * per unit) merges them all by their log-sum-exp and writes the output.
  *
- * Units of 2..8 heads with 16-bit K/V (group mode) walk their rows on the tensor cores instead
- * (cuda_attend_mma.cuh: tiles of 16 rows per warp copied with cp.async, mma.sync, a slot per warp);
- * the merges are the same.
+ * Units of 1..8 heads with 16-bit K/V (a GQA group in group mode, one head in paper mode) walk their
+ * rows on the tensor cores instead (cuda_attend_mma.cuh: tiles of 16 rows per warp copied with
+ * cp.async, mma.sync, a slot per warp); the merges are the same.
  */
 #include "cuda_attend_mma.cuh"
 
@@ -316,7 +316,7 @@ ha_status cu_attend(const cu_ctx *ctx, const cu_plan *plan, const ha_attend_args
     p.partials = plan->partials;
     p.arrived = plan->attend_arrived;
 
-    /* group mode with 16-bit K/V: the tensor-core walk (cuda_attend_mma.cuh), a slot per warp; a ring
+    /* 16-bit K/V: the tensor-core walk (cuda_attend_mma.cuh), a slot per warp; a ring
      * of 3 tile buffers per warp where two blocks still fit an SM beside it (an SM has the opt-in limit
      * of one block + 1 KB; each block has 1 KB reserved), else 2 */
     const bool mma = attend_mma_fits(a->k.dtype, vector, p.unit_heads, p.head_dim);

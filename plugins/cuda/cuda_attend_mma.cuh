@@ -1,7 +1,7 @@
 /*
  * cuda_attend_mma.cuh — the attend stage's walk over a list of rows on the tensor cores, for units of
- * 2..8 query heads (group mode: a GQA group) and 16-bit K/V (fp16, bf16) in 16-byte-aligned rows whose
- * width is a multiple of 16 (≤ 128). The same contract as attend_rows (cuda_attend.cuh): each slot's
+ * 1..8 query heads (group mode: a GQA group; paper mode: one head) and 16-bit K/V (fp16, bf16) in
+ * 16-byte-aligned rows whose width is a multiple of 16 (≤ 128). The same contract as attend_rows (cuda_attend.cuh): each slot's
  * (m, l, sums) in the slot areas of shared memory; here a slot is a warp.
  *
  * Why (session 7): the lane-per-slice walk spends ~90 instructions of a warp per row for 4 heads (8
@@ -17,6 +17,10 @@
  * A lane holds O for head lane/4 and columns 8j + 2(lane%4) + {0, 1}, the online softmax per head is
  * over its 4 lanes (two shuffles per tile, not per row). Each warp streams its tiles' K and V through
  * a ring of 2 or 3 buffers (a group of copies per matrix; attend_rows_mma).
+ *
+ * Units of one head (paper mode, session 8) use 2 of the 16 rows of A: the products are wasted, but
+ * the cp.async ring keeps more K/V bytes in flight than the lane walk's registers; measured on an
+ * H200 (A/B/A in one call), the paper-mode steps 2–29 µs faster (B1 n128K 1/32 57.7 → 55.6 / 56.1).
  */
 #ifndef HA_CUDA_ATTEND_MMA_CUH
 #define HA_CUDA_ATTEND_MMA_CUH
@@ -52,7 +56,7 @@ static __host__ __device__ __forceinline__ size_t attend_mma_smem_bytes(int warp
 /* Whether the tensor-core walk takes a unit of `heads` heads, K/V of dtype dt in rows of `dim`. */
 static inline bool attend_mma_fits(ha_dtype dt, bool vector, int32_t heads, int32_t dim)
 {
-    return vector && (dt == HA_F16 || dt == HA_BF16) && heads >= 2 && heads <= 8 && dim % 16 == 0 &&
+    return vector && (dt == HA_F16 || dt == HA_BF16) && heads >= 1 && heads <= 8 && dim % 16 == 0 &&
            dim <= CU_MMA_MAX_DIM;
 }
 
@@ -196,7 +200,7 @@ static_assert(4 * CU_MMA_MAX_DIM <= 2 * CU_ATTEND_THREADS && CU_ATTEND_THREADS =
 /*
  * DT: HA_F16 or HA_BF16; D: the instance's widest row (a multiple of 16, ≥ p.head_dim). The rows
  * list[p0..p1) (list NULL: tokens p0..p1) of sequence b, KV head kv_head, for the unit's query heads
- * h0..h0 + p.unit_heads − 1 (2..8), by the whole block: warp w takes tiles w, w + warps, …; its
+ * h0..h0 + p.unit_heads − 1 (1..8), by the whole block: warp w takes tiles w, w + warps, …; its
  * (m, l, sums) per head go to slot w of the slot areas (attend_slots with blockDim.x / 32 slots),
  * complete when it returns (it ends with a barrier). smem: attend_mma_smem_bytes(…, p.mma_ring).
  *
