@@ -236,9 +236,7 @@ def graph_time(fns, reps):
 def launch_floor():
     """(graph-replay µs, held graph-replay µs) of a one-element add: what the timing itself costs."""
     one = torch.zeros(1, device="cuda")
-    fns = [lambda: one.add_(1)]
-    graphs, replays = graphs_of(fns)
-    return time_calls(replays, 50), time_calls(replays, 50, held=True)
+    return graph_time([lambda: one.add_(1)], 50)
 
 
 def mlp_param_bytes():
@@ -278,9 +276,7 @@ def plan_for(lib, rt, weights, b, n, sparsity):
 
 def timed(fns, reps):
     """(eager µs, graph-replay µs, held graph-replay µs) of the functions, each a median over reps calls."""
-    eager = time_calls(fns, reps)
-    graphs, replays = graphs_of(fns)
-    return eager, time_calls(replays, reps), time_calls(replays, reps, held=True)
+    return (time_calls(fns, reps), *graph_time(fns, reps))
 
 
 def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=False, profile=False):
@@ -316,7 +312,7 @@ def bench_length(lib, rt, weights, mode, b, n, sparsities, bw, l2, reps, stages=
             (dense[f"sdpa_{name}_eager_us"], dense[f"sdpa_{name}_us"],
              dense[f"sdpa_{name}_held_us"]) = timed(sdpa_runner(backend, sets), reps)
         except RuntimeError as e:  # a backend that refuses the shape
-            dense[f"sdpa_{name}_us"] = None
+            dense[f"sdpa_{name}_us"] = dense[f"sdpa_{name}_held_us"] = None
             dense[f"sdpa_{name}_error"] = str(e).splitlines()[0]
     results = []
     for sp in sparsities:
