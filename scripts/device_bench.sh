@@ -7,7 +7,7 @@
 #      HASHATTN_CUDA_PORTABLE=1 (the kernels an sm_89 card runs, on this card) and with
 #      HASHATTN_CUDA_MATCH_LANES=1 (the match's per-lane histograms, which the long chunks of the
 #      benchmark shapes use, on the suite's short ones) and with HASHATTN_CUDA_ENCODE_ROWS=1 (the
-#      one-row encode, which the batch-1 decode steps use, on every encode of the suite) and with
+#      row encode, which the decode steps up to batch ~16 use, on every encode of the suite) and with
 #      HASHATTN_CUDA_FUSED=1 and =0 (the decode step in one launch wherever it applies; never) and with
 #      HASHATTN_CUDA_MATCH_WIDE=1 (the match's clusters of 16 blocks wherever the items are few);
 #   3. bench/bench_cuda.py: the decode step against cuDNN and flash SDPA, each stage alone too; then

@@ -5,8 +5,8 @@
 #   1. meson setup -Dcuda=enabled, ninja (a fresh temporary build directory unless one is given);
 #   2. meson test: every suite; the cuda conformance suite and the CUDA-graph test must run (a SKIP
 #      there is a failure: this machine has a GPU);
-#   3. the cuda conformance suite once more with HASHATTN_CUDA_ENCODE_ROWS=1 (every encode through the
-#      one-row kernel, which the batch-1 decode steps use), and with HASHATTN_CUDA_FUSED=1 and =0 (the
+#   3. the cuda conformance suite once more with HASHATTN_CUDA_ENCODE_ROWS=1 and =4 (every encode through
+#      the row kernel, which the decode steps up to batch ~16 use: tiles by the rule; 4 rows a block), and with HASHATTN_CUDA_FUSED=1 and =0 (the
 #      decode step in one launch wherever it applies; never) and with HASHATTN_CUDA_MATCH_WIDE=1 (the
 #      match's clusters of 16 blocks wherever the items are few, which by default only plans of
 #      ≥ 256 K tokens take);
@@ -71,8 +71,10 @@ for t in conformance-cuda test_cuda_graph; do
 done
 
 plugins=$build/plugins/cuda:$build/plugins/cpu_avx512
-step "conformance-cuda, HASHATTN_CUDA_ENCODE_ROWS=1" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=1 \
-  HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
+for rows in 1 4; do
+  step "conformance-cuda, HASHATTN_CUDA_ENCODE_ROWS=$rows" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_ENCODE_ROWS=$rows \
+    HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
+done
 for fused in 1 0; do
   step "conformance-cuda, HASHATTN_CUDA_FUSED=$fused" env HASHATTN_BACKEND=cuda HASHATTN_CUDA_FUSED=$fused \
     HASHATTN_PLUGIN_PATH="$plugins" HASHATTN_LOG=error "$build/tests/conformance"
@@ -96,10 +98,10 @@ else
   first=${cases%% *}
   step "synccheck: conformance *$first*" san 40 synccheck "$first" "$build/tests/conformance"
   step "initcheck: conformance *$first*" san 40 initcheck "$first" "$build/tests/conformance"
-  san_rows() { SAN_ENV=HASHATTN_CUDA_ENCODE_ROWS=1 san "$@"; }
-  step "racecheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 60 racecheck "$first" \
+  san_rows() { SAN_ENV=HASHATTN_CUDA_ENCODE_ROWS=4 san "$@"; }
+  step "racecheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=4" san_rows 60 racecheck "$first" \
     "$build/tests/conformance"
-  step "synccheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=1" san_rows 40 synccheck "$first" \
+  step "synccheck: conformance *$first*, HASHATTN_CUDA_ENCODE_ROWS=4" san_rows 40 synccheck "$first" \
     "$build/tests/conformance"
   # the match's clusters of 16 blocks (cuda_match_cluster.cu) on the suite's one-item cases
   san_wide() { SAN_ENV=HASHATTN_CUDA_MATCH_WIDE=1 san "$@"; }

@@ -13,9 +13,9 @@
  * packs the signs 32 at a time with a warp ballot.
  *
  * One launch can run two jobs (the new keys and the queries of a decode step): the blocks of job 0
- * come first. Where a block per (head, row) fits one wave (the decode step at batch 1, small batches)
- * the launch goes to the one-row kernel instead (cuda_encode_row.cu; HASHATTN_CUDA_ENCODE_ROWS=1 sends
- * every launch whose MLP fits it there, =0 none, for tests and comparisons).
+ * come first. Where a block per (head, tile of ≤ 16 rows) fits one wave (the decode step up to batch 16
+ * or so) the launch goes to the row kernel instead (cuda_encode_row.cu; HASHATTN_CUDA_ENCODE_ROWS=1
+ * sends every launch whose MLP fits it there, =0 none, for tests and comparisons).
  */
 #include "cuda_encode.cuh"
 
@@ -295,16 +295,20 @@ static ha_status launch(const cu_ctx *ctx, const cu_plan *plan, const ha_encode_
     if (p.jobs == 0)
         return HA_OK;
     cudaStream_t stream = (cudaStream_t)(b ? b->stream : a->stream);
-    /* one block per (head, row) while those blocks fit one wave (one per SM): the batch-1 decode step,
-     * and small batches of one new token */
+    /* the row kernel (weights in registers) while a block per (head, tile of ≤ 16 rows) fits one wave
+     * (one block per SM): the decode step at batch 1 (a row per block) and batches of a few new tokens
+     * per sequence; HASHATTN_CUDA_ENCODE_ROWS=1 takes it wherever the MLP fits (16 rows a block at most,
+     * several waves where needed) */
     bool rows_fit = true;
-    int64_t row_blocks = 0;
-    for (int i = 0; i < p.jobs; i++) {
+    for (int i = 0; i < p.jobs; i++)
         rows_fit = rows_fit && cu_encode_row_fits(&p.job[i]);
-        row_blocks += (int64_t)p.job[i].heads * p.job[i].rows;
+    if (rows_fit && ctx->encode_rows != 0) {
+        int32_t row_tile = ctx->encode_rows > 1 ? ctx->encode_rows : cu_encode_rows_tile(p.job, p.jobs, ctx->sm_count);
+        if (row_tile == 0 && ctx->encode_rows == 1)
+            row_tile = CU_ENCODE_ROW_MAX_TILE;
+        if (row_tile > 0)
+            return cu_encode_rows_launch(ctx, p.job, p.jobs, row_tile, stream);
     }
-    if (rows_fit && (ctx->encode_rows == 1 || (ctx->encode_rows < 0 && row_blocks <= ctx->sm_count)))
-        return cu_encode_rows_launch(ctx, p.job, p.jobs, stream);
 
     /* rows per block: enough for the batch, but tiles of 8 while their blocks still fit one wave (a
      * block's arithmetic grows with its rows; a block holds a whole head's parameters, so one block

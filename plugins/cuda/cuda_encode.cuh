@@ -93,10 +93,13 @@ static inline bool cu_encode_row_fits(const encode_job *J)
 
 /** Checks one encode's arguments and fills its job; *empty when it has nothing to do. */
 CU_HIDDEN ha_status cu_encode_job(const cu_plan *plan, const ha_encode_args *a, encode_job *J, bool *empty);
-/** Launches the one-row kernel: a block per (job, head, row) of the jobs (1 or 2). */
-CU_HIDDEN ha_status cu_encode_rows_launch(const cu_ctx *ctx, const encode_job *jobs, int32_t count,
+/** Rows per block (1, 2, 4, 8 or 16) of the row kernel for `count` jobs: the fewest whose blocks, a
+ *  block per (job, head, tile of rows), number at most most_blocks; 0 where 16 rows are still too few. */
+CU_HIDDEN int32_t cu_encode_rows_tile(const encode_job *jobs, int32_t count, int64_t most_blocks);
+/** Launches the row kernel with `tile` rows per block (cu_encode_rows_tile) for the jobs (1 or 2). */
+CU_HIDDEN ha_status cu_encode_rows_launch(const cu_ctx *ctx, const encode_job *jobs, int32_t count, int32_t tile,
                                           cudaStream_t stream);
-/** Loads the one-row kernel (cu_encode_prepare calls it). */
+/** Loads the row kernels (cu_encode_prepare calls it). */
 CU_HIDDEN ha_status cu_encode_rows_prepare(const cu_ctx *ctx);
 
 #endif /* HA_CUDA_ENCODE_CUH */

@@ -77,6 +77,21 @@ static __device__ __forceinline__ float4 clip_inputs(float4 x, int k, int I)
     return make_float4(k < I ? x.x : 0.0f, k + 1 < I ? x.y : 0.0f, k + 2 < I ? x.z : 0.0f, k + 3 < I ? x.w : 0.0f);
 }
 
+/* Inputs k..k + 3 of token t of sequence b for MLP head m (0 past the row's end, or where t < 0). */
+static __device__ __forceinline__ float4 load_inputs(const encode_job &J, int32_t m, int64_t t, int32_t b, int k)
+{
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t >= 0 && k < J.dims[0]) {
+        const void *row = cu_row(J.in, ha_elem_size(J.in.dtype), b, m / J.per_in_head, t);
+        const int I = J.dims[0];
+        x.x = cu_load_f32(row, J.in.dtype, k);
+        x.y = k + 1 < I ? cu_load_f32(row, J.in.dtype, k + 1) : 0.0f;
+        x.z = k + 2 < I ? cu_load_f32(row, J.in.dtype, k + 2) : 0.0f;
+        x.w = k + 3 < I ? cu_load_f32(row, J.in.dtype, k + 3) : 0.0f;
+    }
+    return x;
+}
+
 /*
  * Row rho of job J through MLP head m, its code written to J.out (and word w to code_smem[w] where
  * code_smem is not NULL). Every thread of the block calls it; the block has ROW_WARPS / PASSES warps.
@@ -108,15 +123,7 @@ static __device__ __forceinline__ void encode_row_item(const encode_job &J, int3
     int64_t t;
     int32_t b;
     encode_row_token(J, rho, &t, &b);
-    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (t >= 0 && k < J.dims[0]) {
-        const void *row = cu_row(J.in, ha_elem_size(J.in.dtype), b, m / J.per_in_head, t);
-        const int I = J.dims[0];
-        x.x = cu_load_f32(row, J.in.dtype, k);
-        x.y = k + 1 < I ? cu_load_f32(row, J.in.dtype, k + 1) : 0.0f;
-        x.z = k + 2 < I ? cu_load_f32(row, J.in.dtype, k + 2) : 0.0f;
-        x.w = k + 3 < I ? cu_load_f32(row, J.in.dtype, k + 3) : 0.0f;
-    }
+    float4 x = load_inputs(J, m, t, b, k);
 
 #pragma unroll
     for (int l = 0; l < HA_PLUGIN_MAX_MLP_DEPTH; l++) {

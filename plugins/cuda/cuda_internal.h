@@ -38,6 +38,8 @@
  *  widest layer (inputs and outputs) it runs: 4 inputs per lane, 8 outputs per warp. */
 #define CU_ENCODE_ROW_THREADS 512
 #define CU_ENCODE_ROW_WIDTH 128
+/** Most rows a block of the row kernel runs through the MLP (warp r stages input row r). */
+#define CU_ENCODE_ROW_MAX_TILE 16
 /** Most blocks of a thread-block cluster (the portable cluster size): chunks per item of the one-launch
  *  match and of the fused decode step. */
 #define CU_MATCH_CLUSTER_MAX 8
@@ -55,8 +57,9 @@ typedef struct cu_ctx {
     /** HASHATTN_CUDA_MATCH_LANES: 1, the one-launch match keeps a histogram per lane wherever the
      *  scores are few (so short test cases run that path too); 0, never; -1 (unset): by chunk length. */
     int match_lanes;
-    /** HASHATTN_CUDA_ENCODE_ROWS: 1, every encode whose MLP fits the one-row kernel runs there (a
-     *  block per row; tests); 0, never; -1 (unset): where a block per (head, row) fits one wave. */
+    /** HASHATTN_CUDA_ENCODE_ROWS: 1, every encode whose MLP fits the row kernel runs there (rows per
+     *  block by the rule, 16 where no tile fits one wave; tests); 2, 4, 8 or 16: the same with that many
+     *  rows per block; 0, never; -1 (unset): where a block per (head, tile of ≤ 16 rows) fits one wave. */
     int encode_rows;
     /** HASHATTN_CUDA_FUSED: 1, the decode step runs as one launch wherever the fused kernel applies
      *  (cuda_decode_fused.cu; tests); 0, never; -1 (unset): where it applies and fits one wave. */

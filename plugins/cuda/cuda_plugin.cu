@@ -121,7 +121,10 @@ static ha_status init_device(cu_ctx *ctx)
     const char *lanes = getenv("HASHATTN_CUDA_MATCH_LANES");
     ctx->match_lanes = lanes && (lanes[0] == '0' || lanes[0] == '1') ? lanes[0] - '0' : -1;
     const char *rows = getenv("HASHATTN_CUDA_ENCODE_ROWS");
-    ctx->encode_rows = rows && (rows[0] == '0' || rows[0] == '1') ? rows[0] - '0' : -1;
+    ctx->encode_rows = -1;
+    if (rows && (!strcmp(rows, "0") || !strcmp(rows, "1") || !strcmp(rows, "2") || !strcmp(rows, "4") ||
+                 !strcmp(rows, "8") || !strcmp(rows, "16")))
+        ctx->encode_rows = atoi(rows);
     const char *fused = getenv("HASHATTN_CUDA_FUSED");
     ctx->fused = fused && (fused[0] == '0' || fused[0] == '1') ? fused[0] - '0' : -1;
     snprintf(ctx->description, sizeof ctx->description, "%.100s (device %d, sm_%d%d, %d SMs, %.0f GiB), CUDA runtime %d.%d%s",
