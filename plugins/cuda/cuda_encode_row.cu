@@ -21,8 +21,10 @@
  * One row (R = 1, encode_row_item in cuda_encode_row.cuh, shared with the fused decode step): each warp
  * reads the input row itself, so the first layer needs no barrier. R rows (encode_rows_item below):
  * warp r stages input row r in shared memory, and every warp forms the products of the R rows in turn
- * with the layer's weights held in registers, two rows at a time so that one row's shuffle chain
- * overlaps the other's.
+ * with the layer's weights held in registers, four rows at a time: a row's products and the first
+ * three halving shuffles each, then one exchange leaves each of a slot's 4 lanes one row's sum, so the
+ * last shuffles and the SiLU are shared by the four rows; the layer of ≤ 32 outputs skips the product
+ * slots past its width.
  */
 #include "cuda_encode_row.cuh"
 
@@ -33,15 +35,51 @@ typedef struct encode_row_params {
     int32_t jobs;
 } encode_row_params;
 
+/* The products of one row: v[j], this lane's part of slot j's sum, for the LIVE first slots (the rest
+ * 0: their outputs are past the layer's width, their weights 0). */
+template <int LIVE>
+static __device__ __forceinline__ void row_products(const float4 x, const row_layer &Ly, float (&v)[ROW_SLOTS])
+{
+#pragma unroll
+    for (int j = 0; j < ROW_SLOTS; j++)
+        v[j] = j < LIVE ? fmaf(x.w, Ly.w[j].w, fmaf(x.z, Ly.w[j].z, fmaf(x.y, Ly.w[j].y, x.x * Ly.w[j].x))) : 0.0f;
+}
+
+/* Q rows' halved sums p[q] (halve_slots) → in lane l the warp's sum of slot lane_slot(l) for row
+ * l mod Q (Q = 4: each of the 4 lanes of a slot a row; Q = 2: lanes l and l ^ 2 the same row). The 4
+ * lanes of a slot are added in the order reduce_slots adds them, so a row's sums are the one-row
+ * kernel's to the bit. */
+template <int Q>
+static __device__ __forceinline__ float gather_rows(float (&p)[Q], int lane)
+{
+    static_assert(Q == 2 || Q == 4, "the 4 lanes of a slot hold 2 or 4 rows");
+    const bool b1 = lane & 2, b0 = lane & 1;
+    float a[2];
+    if constexpr (Q == 4) {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            a[j] = (b1 ? p[j + 2] : p[j]) + __shfl_xor_sync(0xffffffffu, b1 ? p[j] : p[j + 2], 2);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            a[j] = p[j] + __shfl_xor_sync(0xffffffffu, p[j], 2);
+    }
+    return (b0 ? a[1] : a[0]) + __shfl_xor_sync(0xffffffffu, b0 ? a[0] : a[1], 1);
+}
+
 /* Rows rho0 .. rho0 + R - 1 of job J through MLP head m (rows past the job's end: nothing written).
  * act[1] takes the input rows, layer l reads act[(l + 1) & 1] and writes act[l & 1] (the last layer its
- * sums before the signs). Every thread of the block calls it; the caller puts a barrier between calls. */
+ * sums before the signs), every element of a row: 0 past the layer's width, so that no input needs
+ * clipping. The rows go Q at a time: each row's products and halving shuffles, then one exchange
+ * leaves each of a slot's 4 lanes a row's sum, and one SiLU serves Q rows. Every thread of the block
+ * calls it; the caller puts a barrier between calls. */
 template <int R>
 static __device__ __forceinline__ void encode_rows_item(const encode_job &J, int32_t m, int64_t rho0,
                                                         float (&act)[2][R][CU_ENCODE_ROW_WIDTH],
                                                         int64_t (&row_t)[R], int32_t (&row_b)[R])
 {
-    static_assert(R >= 2 && R <= CU_ENCODE_ROW_MAX_TILE && R % 2 == 0, "rows are formed two at a time, staged a warp each");
+    constexpr int Q = R >= 4 ? 4 : 2;
+    static_assert(R % Q == 0 && R <= CU_ENCODE_ROW_MAX_TILE, "rows go Q at a time, staged a warp each");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, k = 4 * lane;
     const float *P = J.row_params + (int64_t)m * J.row_head_floats;
 
@@ -62,6 +100,8 @@ static __device__ __forceinline__ void encode_rows_item(const encode_job &J, int
     }
     __syncthreads();
 
+    const int q = lane & (Q - 1); /* the row of a group this lane finishes */
+    const bool finishes = (lane & 3) < Q;
 #pragma unroll
     for (int l = 0; l < HA_PLUGIN_MAX_MLP_DEPTH; l++) {
         if (l >= J.depth)
@@ -69,26 +109,27 @@ static __device__ __forceinline__ void encode_rows_item(const encode_job &J, int
         row_layer &Ly = L[l & 1];
         const float(&src)[R][CU_ENCODE_ROW_WIDTH] = act[(l + 1) & 1];
         float(&dst)[R][CU_ENCODE_ROW_WIDTH] = act[l & 1];
-        const int I = J.dims[l];
+        const int O = J.dims[l + 1];
         const int o = slot_output(lane_slot(lane), warp);
-        const bool writes = (lane & 3) == 0 && o < J.dims[l + 1], last = l == J.depth - 1;
+        const bool last = l == J.depth - 1;
+        /* slots j with j·16 + warp < O; a layer of ≤ 32 outputs (the codes) has 2 in every warp */
+        const bool narrow = O <= 2 * ROW_WARPS;
 #pragma unroll 1
-        for (int r = 0; r < R; r += 2) {
-            float s[2];
+        for (int r = 0; r < R; r += Q) {
+            float p[Q];
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const float4 x = k < I ? clip_inputs(*(const float4 *)&src[r + h][k], k, I)
-                                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int i = 0; i < Q; i++) {
+                const float4 x = *(const float4 *)&src[r + i][k];
                 float v[ROW_SLOTS];
-#pragma unroll
-                for (int j = 0; j < ROW_SLOTS; j++)
-                    v[j] = fmaf(x.w, Ly.w[j].w, fmaf(x.z, Ly.w[j].z, fmaf(x.y, Ly.w[j].y, x.x * Ly.w[j].x)));
-                s[h] = reduce_slots(v, lane) + Ly.bias;
+                if (narrow)
+                    row_products<2>(x, Ly, v);
+                else
+                    row_products<ROW_SLOTS>(x, Ly, v);
+                p[i] = halve_slots(v, lane);
             }
-            if (writes) {
-                dst[r][o] = last ? s[0] : encode_silu(s[0]);
-                dst[r + 1][o] = last ? s[1] : encode_silu(s[1]);
-            }
+            const float y = gather_rows<Q>(p, lane) + Ly.bias;
+            if (finishes)
+                dst[r + q][o] = o >= O ? 0.0f : last ? y : encode_silu(y);
         }
         if (l + 2 < J.depth) /* Ly's registers are free: layer l + 2 arrives during layer l + 1 */
             load_layer(P, J, l + 2, warp, lane, Ly);

@@ -16,7 +16,7 @@
 
 #define ROW_WARPS (CU_ENCODE_ROW_THREADS / 32)
 #define ROW_SLOTS (CU_ENCODE_ROW_WIDTH / ROW_WARPS) /* outputs per warp and layer */
-static_assert(ROW_SLOTS == 8, "reduce_slots halves 8 sums three times");
+static_assert(ROW_SLOTS == 8, "halve_slots halves 8 sums three times");
 static_assert(CU_ENCODE_ROW_WIDTH == 4 * 32, "a lane holds 4 inputs of a layer");
 
 /* One layer as one lane holds it: the lane's 4 inputs of the warp's output slots, and the bias of the
@@ -53,10 +53,10 @@ static __device__ __forceinline__ void load_layer(const float *P, const encode_j
     L.bias = o < O ? __ldg(P + J.row_b_off[l] + o) : 0.0f;
 }
 
-/* v[j]: this lane's part of slot j's sum. Returns, in lanes 4s..4s+3, the warp's sum of slot s
- * (s = lane_slot(lane)): each halving step keeps half of the slots and adds the partner lane's part of
- * them, 4 + 2 + 1 shuffles, then 2 more add the 4 lanes that share a slot. */
-static __device__ __forceinline__ float reduce_slots(const float (&v)[ROW_SLOTS], int lane)
+/* v[j]: this lane's part of slot j's sum. Returns, in lane l, the sum of slot s = lane_slot(l) over the
+ * 8 lanes l ^ {0, 4, 8, …, 28} (the lanes with l's two low bits): each halving step keeps half of the
+ * slots and adds the partner lane's part of them, 4 + 2 + 1 shuffles. */
+static __device__ __forceinline__ float halve_slots(const float (&v)[ROW_SLOTS], int lane)
 {
     const bool h16 = lane & 16, h8 = lane & 8, h4 = lane & 4;
     float u[4], t[2];
@@ -66,9 +66,16 @@ static __device__ __forceinline__ float reduce_slots(const float (&v)[ROW_SLOTS]
 #pragma unroll
     for (int i = 0; i < 2; i++)
         t[i] = (h8 ? u[i + 2] : u[i]) + __shfl_xor_sync(0xffffffffu, h8 ? u[i] : u[i + 2], 8);
-    float s = (h4 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, h4 ? t[0] : t[1], 4);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    return s + __shfl_xor_sync(0xffffffffu, s, 1);
+    return (h4 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, h4 ? t[0] : t[1], 4);
+}
+
+/* The warp's sum of slot lane_slot(lane), in the 4 lanes 4s..4s+3 of the slot: halve_slots, then 2 more
+ * shuffles add the 4 lanes that share a slot. */
+static __device__ __forceinline__ float reduce_slots(const float (&v)[ROW_SLOTS], int lane)
+{
+    const float s = halve_slots(v, lane);
+    const float s2 = s + __shfl_xor_sync(0xffffffffu, s, 2);
+    return s2 + __shfl_xor_sync(0xffffffffu, s2, 1);
 }
 
 /* x with the elements at k + 1.. ≥ I set to 0 (the padding of a row is never read as a value) */
