@@ -2,9 +2,9 @@
  * cuda_encode.cuh — what the two encode kernels share: the job of one launch (one MLP over the rows of
  * a batch) and the rule that maps a row of the job to its token.
  *
- * cuda_encode.cu runs tiles of rows with the head's parameters staged in shared memory (prefill, and
- * batches of several rows); cuda_encode_row.cu runs one row per block with the weights streamed
- * straight into registers (the decode step at batch 1, where staging was pure latency).
+ * cuda_encode.cu runs tiles of rows with the head's parameters staged in shared memory (prefill: many
+ * rows per head); cuda_encode_row.cu runs 1–16 rows per block with the weights streamed straight into
+ * registers (decode steps up to batch ~16, where staging was pure latency).
  */
 #ifndef HA_CUDA_ENCODE_CUH
 #define HA_CUDA_ENCODE_CUH
@@ -85,7 +85,7 @@ static __device__ __forceinline__ void encode_row_token(const encode_job &J, int
     *t = first + j < end ? first + j : -1;
 }
 
-/** Whether the one-row kernel can run job J (its MLP has the output-major copy, the words fit). */
+/** Whether the row kernel can run job J (its MLP has the output-major copy, the words fit). */
 static inline bool cu_encode_row_fits(const encode_job *J)
 {
     return J->row_params && J->words <= CU_ENCODE_ROW_THREADS / 32;

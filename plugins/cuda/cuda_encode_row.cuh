@@ -1,7 +1,8 @@
 /*
  * cuda_encode_row.cuh — the encode of one row by one block, as a device function: the body of the
  * one-row kernel (cuda_encode_row.cu, 16 warps) and of the fused decode step's encode phase
- * (cuda_decode_fused.cu, 8 warps, each taking two warps' share of the outputs in turn).
+ * (cuda_decode_fused.cu, 8 warps, each taking two warps' share of the outputs in turn); and the layout
+ * and reductions that the row kernel's tiles of several rows (cuda_encode_row.cu) share with it.
  *
  * Warp w of the 16-warp layout owns outputs j·16 + w (j < 8) of every layer, lane i the inputs
  * 4i..4i+3; the weights (cu_mlp row_storage: output-major, rows padded to 4 floats) are streamed

@@ -34,7 +34,7 @@
 #define CU_ENCODE_THREADS 256
 /** Most rows (tokens) an encode block runs through the MLP together (each weight read once per tile). */
 #define CU_ENCODE_MAX_TILE 16
-/** Threads of a one-row encode block (16 warps; a code word per warp, so codes of ≤ 16 words) and the
+/** Threads of a row-encode block (16 warps; a code word per warp, so codes of ≤ 16 words) and the
  *  widest layer (inputs and outputs) it runs: 4 inputs per lane, 8 outputs per warp. */
 #define CU_ENCODE_ROW_THREADS 512
 #define CU_ENCODE_ROW_WIDTH 128
@@ -82,7 +82,7 @@ typedef struct cu_mlp {
     int64_t w_off[HA_PLUGIN_MAX_MLP_DEPTH];
     int64_t b_off[HA_PLUGIN_MAX_MLP_DEPTH];
     float *storage;        /**< [heads][head_floats]                            */
-    /** The same parameters output-major for the one-row encode (cuda_encode_row.cu), made only where
+    /** The same parameters output-major for the row encode (cuda_encode_row.cu), made only where
      *  every layer is at most CU_ENCODE_ROW_WIDTH wide (else NULL): per head, layer i's weights
      *  [out][in rounded up to 4, zero-padded] at row_w_off[i], its biases [out] at row_b_off[i]. */
     float *row_storage;    /**< [heads][row_head_floats]                        */

@@ -4,7 +4,7 @@
  * each, read consecutive addresses for every input, then its biases. A head's block starts 16-byte
  * aligned so that an encode block can copy it to shared memory with 16-byte copies. Where every layer
  * is at most CU_ENCODE_ROW_WIDTH wide, a second copy, output-major with each weight row padded to 4
- * floats, serves the one-row encode (a warp reads an output's weights as one contiguous row). One
+ * floats, serves the row encode (a warp reads an output's weights as one contiguous row). One
  * allocation per layout.
  */
 #include <stdlib.h>
