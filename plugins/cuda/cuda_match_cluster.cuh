@@ -25,8 +25,8 @@ static_assert(MATCH_CLUSTER_WIDE * 2 <= 32, "the plan gives each chunk at least 
 template <typename S>
 static __device__ __forceinline__ void store_unit_scores(uint32_t *dst, uint32_t best, const uint32_t (&d)[4])
 {
-    if constexpr (sizeof(S) == 1) {
-        dst[0] = best * 0x01010101u - (d[0] | d[1] << 8 | d[2] << 16 | d[3] << 24);
+    if constexpr (sizeof(S) == 1) { /* the 4 bytes packed by byte permutes (3 instructions, not 5) */
+        dst[0] = best * 0x01010101u - __byte_perm(__byte_perm(d[0], d[1], 0x0040), __byte_perm(d[2], d[3], 0x0040), 0x5410);
     } else {
         dst[0] = best * 0x00010001u - (d[0] | d[1] << 16);
         dst[1] = best * 0x00010001u - (d[2] | d[3] << 16);
@@ -50,6 +50,15 @@ static __device__ __forceinline__ uint32_t at_least(uint32_t w, uint32_t x)
     }
 }
 
+/* Bits 4i..4i+3 set where the 4 byte scores of word w are ≥ x, for scores ≤ 127 and x ≤ 128 (x4 =
+ * x · 0x01010101): byte | 0x80 − x keeps bit 7 exactly when byte ≥ x and never borrows from the next
+ * byte; the multiply gathers bits 7, 15, 23, 31 into bits 28..31 in order (no two partial products
+ * meet), 5 instructions a word where at_least takes ~12. */
+static __device__ __forceinline__ uint32_t at_least_small(uint32_t w_or_80, uint32_t x4, int i)
+{
+    return ((((w_or_80 - x4) & 0x80808080u) * 0x00204081u) >> 28) << (4 * i);
+}
+
 /*
  * The warp's kept candidates of its slice [rlo, rhi) (relative to the scores' base), in order, to dst:
  * a score above T is kept, the tie ranked r (0-based, ascending in the chunk) iff r ≥ skip; a kept
@@ -57,10 +66,11 @@ static __device__ __forceinline__ uint32_t at_least(uint32_t w, uint32_t x)
  * warps. Each round a lane takes WRITE_SPAN consecutive tokens' scores (whole 16-byte loads) and
  * makes two masks of them (above T; at least T), and one warp prefix sum gives it its place.
  */
-template <typename S>
+template <typename S, bool SMALL>
 static __device__ __forceinline__ void write_kept(const S *scores, int32_t rlo, int32_t rhi, int64_t base, uint32_t T,
                                                   int32_t skip, int32_t *dst, int32_t above_run, int32_t ties_run)
 {
+    static_assert(!SMALL || sizeof(S) == 1, "SMALL: byte scores, every one ≤ 127");
     constexpr int W = WRITE_SPAN * (int)sizeof(S) / 4; /* words of a lane's span */
     constexpr int PER_WORD = 4 / (int)sizeof(S);      /* scores per word        */
     const int lane = threadIdx.x & 31;
@@ -88,8 +98,14 @@ static __device__ __forceinline__ void write_kept(const S *scores, int32_t rlo, 
         uint32_t gt = 0, ge = 0;
 #pragma unroll
         for (int i = 0; i < W; i++) {
-            gt |= at_least<S>(w[i], T + 1) << (i * PER_WORD);
-            ge |= at_least<S>(w[i], T) << (i * PER_WORD);
+            if constexpr (SMALL) {
+                const uint32_t h = w[i] | 0x80808080u;
+                gt |= at_least_small(h, (T + 1) * 0x01010101u, i);
+                ge |= at_least_small(h, T * 0x01010101u, i);
+            } else {
+                gt |= at_least<S>(w[i], T + 1) << (i * PER_WORD);
+                ge |= at_least<S>(w[i], T) << (i * PER_WORD);
+            }
         }
         gt &= valid;
         ge &= valid;
@@ -109,6 +125,12 @@ static __device__ __forceinline__ void write_kept(const S *scores, int32_t rlo, 
         above_run += (int32_t)(round_total & 0xffffu);
         ties_run += (int32_t)(round_total >> 16);
     }
+}
+
+/* Adds 1 to the shared-memory word at shared address `at` (nothing returned). */
+static __device__ __forceinline__ void shared_inc(uint32_t at)
+{
+    asm volatile("red.shared.add.u32 [%0], 1;\n" ::"r"(at) : "memory");
 }
 
 /*
@@ -175,7 +197,8 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
         for (int h = 0; h < (G > 0 ? G : 1); h++)
             q[h] = qs[h];
         const uint32_t mask = cu_code_word_mask(0, p.bits), best = (uint32_t)(group * p.bits);
-        uint32_t *at_best = mine + best * HL; /* distance d counts at at_best[−d × HL] */
+        /* distance d counts at the shared address at_best − d · 4 HL: one multiply-add a token */
+        const uint32_t at_best = (uint32_t)__cvta_generic_to_shared(mine + best * HL);
         for (int32_t r = (rlo & ~3) + 4 * lane; r < rhi; r += 4 * 32 * MATCH_STEPS) {
             uint4 key[MATCH_STEPS];
 #pragma unroll
@@ -206,12 +229,12 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
                 if (r0 >= rlo && r0 + 4 <= rhi) { /* the whole unit is the warp's */
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        atomicAdd(at_best - d[j] * HL, 1u);
+                        shared_inc(at_best - d[j] * (4 * HL));
                 } else {
 #pragma unroll
                     for (int j = 0; j < 4; j++)
                         if (r0 + j >= rlo && r0 + j < rhi)
-                            atomicAdd(at_best - d[j] * HL, 1u);
+                            shared_inc(at_best - d[j] * (4 * HL));
                 }
                 store_unit_scores<S>(dst + st * 32 * (int)sizeof(S), best, d);
             }
@@ -342,8 +365,9 @@ static __device__ __forceinline__ void match_cluster_item(const match_params &p,
     cluster.barrier_arrive(); /* done with the other blocks' shared memory */
 
     /* the ordered write from the kept scores */
-    write_kept<S>(scores, rlo, rhi, base, threshold_s, skip_s, out + g.lo + offset_s, warp_above_run[warp],
-                  warp_ties_run[warp]);
+    /* one-word codes of a group of 1: every score ≤ 32 */
+    write_kept<S, V == 4 && G == 1>(scores, rlo, rhi, base, threshold_s, skip_s, out + g.lo + offset_s,
+                                    warp_above_run[warp], warp_ties_run[warp]);
     cluster.barrier_wait(); /* the other blocks are done with this one's histogram */
 }
 
